@@ -1,0 +1,111 @@
+//! `roompin-node`: a stateless chat node. See docs/ARCHITECTURE.md.
+
+mod control;
+mod event;
+mod history;
+mod http;
+mod metrics;
+mod node;
+mod ownership;
+mod params;
+mod publish;
+mod room;
+mod rooms;
+mod shutdown;
+mod sse;
+mod writer;
+mod ws;
+
+use anyhow::Context;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use roompin_shared::config::{validate_node_id, NodeConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "roompin-node", version, about = "A roompin chat node")]
+struct Cli {
+    /// This node's id, as the balancer's [[upstream]] names it.
+    #[arg(long)]
+    id: Option<String>,
+    /// Address to listen on, e.g. 127.0.0.1:9001.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// TOML file with the other settings (see config/node.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Bearer token the balancer must present on /control/*.
+    #[arg(long, env = "ROOMPIN_CONTROL_TOKEN", hide_env_values = true)]
+    control_token: Option<String>,
+    /// Seconds to wait on SIGTERM for the balancer to route away.
+    #[arg(long)]
+    drain_timeout_ms: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut settings = match &cli.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
+    // Flags override the file.
+    settings.id = cli.id.or(settings.id);
+    settings.listen = cli.listen.or(settings.listen);
+    settings.control_token = cli.control_token.or(settings.control_token);
+    settings.drain_timeout_ms = cli.drain_timeout_ms.unwrap_or(settings.drain_timeout_ms);
+    let id = settings
+        .id
+        .clone()
+        .context("no node id: pass --id or set `id` in the config file")?;
+    validate_node_id(&id).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
+    let listen = settings
+        .listen
+        .context("no address: pass --listen or set `listen` in the config file")?;
+    settings.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(id, listen, settings))
+}
+
+async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyhow::Result<()> {
+    let metrics = metrics::Metrics::register()?;
+    let room_idle = Duration::from_millis(settings.room_idle_ms);
+    let node = node::Node::new(id, settings, metrics);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(node = %node.id, %listen, control = node.settings.control_token.is_some(), "roompin-node started");
+
+    let reaper = node.clone();
+    node.tasks.spawn(async move {
+        reaper
+            .rooms
+            .reap_idle(room_idle, reaper.shutdown.clone())
+            .await
+    });
+    node.tasks.spawn(shutdown::on_signals(node.clone()));
+
+    let stop = node.shutdown.clone();
+    axum::serve(listener, http::router(node.clone()))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    node.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), node.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sessions did not end within 5 s");
+    }
+    tracing::info!(node = %node.id, "roompin-node stopped");
+    Ok(())
+}

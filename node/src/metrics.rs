@@ -1,0 +1,73 @@
+//! The node's Prometheus metrics, registered once in the default registry.
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge,
+};
+
+/// Cheap to clone: every field is an `Arc` inside.
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections: IntGauge,
+    pub rooms: IntGauge,
+    pub events_received: IntCounter,
+    pub frames_delivered: IntCounter,
+    pub broadcast_seconds: Histogram,
+    pub slow_consumers: IntCounter,
+    pub history_bytes: IntGauge,
+    pub closes: IntCounterVec,
+    pub rooms_moved: IntCounter,
+    pub handoffs: IntCounterVec,
+    pub misrouted: IntCounter,
+}
+
+impl Metrics {
+    pub fn register() -> prometheus::Result<Metrics> {
+        Ok(Metrics {
+            connections: register_int_gauge!(
+                "roompin_node_connections",
+                "Open client connections (WebSocket and SSE)"
+            )?,
+            rooms: register_int_gauge!("roompin_node_rooms", "Rooms held in memory")?,
+            events_received: register_int_counter!(
+                "roompin_node_events_received_total",
+                "Client messages accepted for broadcast (WebSocket and HTTP publish)"
+            )?,
+            frames_delivered: register_int_counter!(
+                "roompin_node_frames_delivered_total",
+                "Frames written to clients"
+            )?,
+            broadcast_seconds: register_histogram!(
+                "roompin_node_broadcast_seconds",
+                "Time to fan one event out to every member's queue",
+                vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]
+            )?,
+            slow_consumers: register_int_counter!(
+                "roompin_node_slow_consumers_total",
+                "Members dropped because their send queue overflowed"
+            )?,
+            history_bytes: register_int_gauge!(
+                "roompin_node_history_bytes",
+                "Bytes of room history held by the node"
+            )?,
+            closes: register_int_counter_vec!(
+                "roompin_node_closes_total",
+                "Connections ended, by close code (0: the peer vanished)",
+                &["code"]
+            )?,
+            rooms_moved: register_int_counter!(
+                "roompin_node_rooms_moved_total",
+                "Rooms this node gave away because another node owns them now"
+            )?,
+            handoffs: register_int_counter_vec!(
+                "roompin_node_handoffs_total",
+                "Room history handoffs, by direction and result",
+                &["direction", "result"]
+            )?,
+            misrouted: register_int_counter!(
+                "roompin_node_misrouted_total",
+                "Requests refused with 421 because another node owns the meeting"
+            )?,
+        })
+    }
+}

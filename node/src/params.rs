@@ -1,0 +1,65 @@
+//! The query parameters of the member routes (`/websocket`, `/sse`,
+//! `/messages`), validated before any upgrade or stream starts.
+
+use axum::http::{HeaderMap, StatusCode};
+use roompin_shared::control::{BALANCER_HEADER, EPOCH_HEADER};
+use roompin_shared::meeting_id::query_param;
+use roompin_shared::protocol::MAX_USER_CHARS;
+use roompin_shared::MeetingId;
+
+/// The node always reads `meeting_id`; the balancer's `hash_param` only
+/// chooses what the balancer hashes.
+pub const MEETING_PARAM: &str = "meeting_id";
+
+pub struct JoinParams {
+    pub meeting_id: MeetingId,
+    pub user: Option<String>,
+    pub since: Option<u64>,
+}
+
+pub type Refusal = (StatusCode, String);
+
+fn bad(reason: impl Into<String>) -> Refusal {
+    (StatusCode::BAD_REQUEST, reason.into())
+}
+
+impl JoinParams {
+    pub fn parse(query: Option<&str>) -> Result<JoinParams, Refusal> {
+        let meeting_id =
+            MeetingId::from_query(query, MEETING_PARAM).map_err(|e| bad(e.to_string()))?;
+        let user = query_param(query, "user").map_err(|e| bad(e.to_string()))?;
+        let user = user.map(|u| validate_user(&u)).transpose()?;
+        let since = query_param(query, "since").map_err(|e| bad(e.to_string()))?;
+        let since = since
+            .map(|s| {
+                s.parse::<u64>()
+                    .map_err(|_| bad(format!("`since` must be a whole number, got {s:?}")))
+            })
+            .transpose()?;
+        Ok(JoinParams {
+            meeting_id,
+            user,
+            since,
+        })
+    }
+}
+
+pub fn validate_user(user: &str) -> Result<String, Refusal> {
+    let chars = user.chars().count();
+    if chars == 0 || chars > MAX_USER_CHARS {
+        return Err(bad(format!(
+            "`user` must be 1 to {MAX_USER_CHARS} characters, got {chars}"
+        )));
+    }
+    if user.chars().any(char::is_control) {
+        return Err(bad("`user` must not contain control characters"));
+    }
+    Ok(user.to_owned())
+}
+
+/// The balancer and epoch a proxied request was routed by, if any.
+pub fn routed_by(headers: &HeaderMap) -> Option<(&str, u64)> {
+    let source = headers.get(BALANCER_HEADER)?.to_str().ok()?;
+    let epoch = headers.get(EPOCH_HEADER)?.to_str().ok()?.parse().ok()?;
+    Some((source, epoch))
+}

@@ -1,0 +1,50 @@
+//! Signals: SIGINT stops at once (clients get 1001 and reconnect with
+//! backoff); SIGTERM drains first, so a rolling restart moves every room
+//! whole (clients get 4001 and reconnect at once to the new owner).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+
+use crate::node::Node;
+use roompin_shared::protocol::close;
+
+pub async fn on_signals(node: Arc<Node>) {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let code = tokio::select! {
+        _ = term.recv() => { drain(&node).await; close::ROOM_MOVED }
+        _ = int.recv() => close::GOING_AWAY,
+        _ = node.shutdown.cancelled() => return,
+    };
+    tracing::info!(node = %node.id, code, "closing remaining clients");
+    for room in node.rooms.all() {
+        room.close_all(code);
+        node.rooms.remove(&room);
+    }
+    node.shutdown.cancel();
+}
+
+/// Fails `/healthz`, then waits until a balancer's view routes nothing here
+/// and the moved rooms' clients have left, or until `drain_timeout_ms`.
+async fn drain(node: &Node) {
+    node.draining.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_millis(node.settings.drain_timeout_ms);
+    tracing::info!(node = %node.id, timeout_ms = node.settings.drain_timeout_ms, "draining");
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while Instant::now() < deadline {
+        tick.tick().await;
+        if node.ownership.routed_away() && node.metrics.connections.get() == 0 {
+            tracing::info!(node = %node.id, "drained: the balancer routes elsewhere");
+            return;
+        }
+    }
+    tracing::warn!(node = %node.id, connections = node.metrics.connections.get(), "drain timed out");
+}

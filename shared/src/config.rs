@@ -1,0 +1,364 @@
+//! Config files, as operators write them. Both sides parse with serde + toml
+//! and refuse unknown keys, so a typo is an error with its line rather than a
+//! silently ignored setting.
+
+use crate::ring::Member;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Ring points per unit of weight. 160 (nginx's choice) leaves the busiest
+/// of three nodes about 12% over the mean; 512 keeps it under 10% and still
+/// costs only ~1,500 points, a few KiB, and a lookup of ~11 comparisons.
+pub const DEFAULT_VNODES: u32 = 512;
+
+/// A config that could not be used. The text names the problem and its place.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    // toml's message already carries "line N, column M" and the offending
+    // snippet, so pass it through whole.
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+/// The balancer's file (`config/balancer.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerConfig {
+    /// Public address for clients.
+    pub listen: SocketAddr,
+    /// Metrics and operator endpoints; never the public port.
+    pub admin_listen: SocketAddr,
+    /// The query parameter that is hashed.
+    #[serde(default = "default_hash_param")]
+    pub hash_param: String,
+    /// Ring points per unit of weight.
+    #[serde(default = "default_vnodes")]
+    pub vnodes: u32,
+    /// Names this balancer to the nodes; defaults to its admin address.
+    #[serde(default)]
+    pub balancer_id: Option<String>,
+    /// Shared secret for the nodes' control endpoint. Without it the balancer
+    /// cannot tell nodes to hand rooms over, and rooms may split on changes.
+    #[serde(default)]
+    pub control_token: Option<String>,
+    /// How often the ownership view is pushed to every node even without a
+    /// change, so that a restarted node learns it quickly.
+    #[serde(default = "default_push_interval_ms")]
+    pub push_interval_ms: u64,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(rename = "upstream", default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// One chat node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub id: String,
+    pub addr: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// Active health checks of each node's `/healthz`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failures before a node leaves the ring.
+    pub unhealthy_after: u32,
+    /// Consecutive successes before a node returns; the guard against flapping.
+    pub healthy_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: 1000,
+            timeout_ms: 500,
+            unhealthy_after: 2,
+            healthy_after: 2,
+        }
+    }
+}
+
+fn default_hash_param() -> String {
+    "meeting_id".into()
+}
+fn default_vnodes() -> u32 {
+    DEFAULT_VNODES
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_push_interval_ms() -> u64 {
+    2000
+}
+
+impl BalancerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_toml(path, &read(path)?)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: BalancerConfig = parse(path, text)?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot. Each message names the key or upstream.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listen == self.admin_listen {
+            return Err(format!(
+                "`admin_listen` must differ from `listen` ({})",
+                self.listen
+            ));
+        }
+        if self.hash_param.is_empty() {
+            return Err("`hash_param` is empty".into());
+        }
+        if self.vnodes == 0 || self.vnodes > 10_000 {
+            return Err(format!(
+                "`vnodes` = {} is out of range 1..=10000",
+                self.vnodes
+            ));
+        }
+        if self.push_interval_ms == 0 {
+            return Err("`push_interval_ms` must be at least 1".into());
+        }
+        let h = &self.health;
+        if h.interval_ms == 0 || h.timeout_ms == 0 || h.unhealthy_after == 0 || h.healthy_after == 0
+        {
+            return Err("[health]: every value must be at least 1".into());
+        }
+        if self.upstreams.is_empty() {
+            return Err("no [[upstream]]: at least one chat node is needed".into());
+        }
+        let mut ids = HashMap::new();
+        let mut addrs = HashMap::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = format!("[[upstream]] #{} (id = {:?})", i + 1, u.id);
+            validate_node_id(&u.id).map_err(|e| format!("{at}: {e}"))?;
+            if u.weight == 0 || u.weight > 100 {
+                return Err(format!("{at}: weight {} is out of range 1..=100", u.weight));
+            }
+            let addr: SocketAddr = u.addr.parse().map_err(|_| {
+                format!(
+                    "{at}: addr {:?} is not an IP:port address such as 127.0.0.1:9001",
+                    u.addr
+                )
+            })?;
+            if let Some(first) = ids.insert(u.id.clone(), i + 1) {
+                return Err(format!(
+                    "{at}: duplicate id, also used by [[upstream]] #{first}"
+                ));
+            }
+            if let Some(first) = addrs.insert(addr, i + 1) {
+                return Err(format!(
+                    "{at}: duplicate addr {addr}, also used by [[upstream]] #{first}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ring members, in file order.
+    pub fn members(&self) -> Vec<Member> {
+        self.upstreams
+            .iter()
+            .map(|u| Member {
+                id: u.id.clone(),
+                addr: u.addr.clone(),
+                weight: u.weight,
+            })
+            .collect()
+    }
+
+    pub fn balancer_id(&self) -> String {
+        self.balancer_id
+            .clone()
+            .unwrap_or_else(|| self.admin_listen.to_string())
+    }
+}
+
+/// Node ids appear in URLs, logs and metric labels: keep them plain.
+pub fn validate_node_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "id {id:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+/// A node's optional file (`roompin-node --config`). Command-line flags
+/// override it; everything has a default.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub id: Option<String>,
+    pub listen: Option<SocketAddr>,
+    /// The largest client frame; bigger ones close the connection with 1009.
+    pub max_message_bytes: usize,
+    /// How often idle clients are pinged; a client that has not answered by
+    /// the next ping is dropped.
+    pub ping_interval_ms: u64,
+    /// Frames queued for one slow client before it is dropped with 4002.
+    pub send_queue: usize,
+    /// Events kept per room for `since` and `Last-Event-ID`.
+    pub history_events: usize,
+    /// Bytes of history kept by the whole node.
+    pub history_bytes: usize,
+    /// How long a room with no members keeps its history.
+    pub room_idle_ms: u64,
+    /// SSE heartbeat comment interval.
+    pub sse_heartbeat_ms: u64,
+    /// The bearer token the balancer must send to `/control/*`. Without it
+    /// the control endpoint is off.
+    pub control_token: Option<String>,
+    /// On SIGTERM: how long to wait for the balancer to route away before
+    /// closing the remaining clients anyway.
+    pub drain_timeout_ms: u64,
+    /// tungstenite read buffer per connection (its default is 128 KiB).
+    pub ws_read_buffer: usize,
+    /// tungstenite write buffer per connection.
+    pub ws_write_buffer: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: None,
+            listen: None,
+            max_message_bytes: 64 * 1024,
+            ping_interval_ms: 30_000,
+            send_queue: 256,
+            history_events: 1000,
+            history_bytes: 64 * 1024 * 1024,
+            room_idle_ms: 60_000,
+            sse_heartbeat_ms: 15_000,
+            control_token: None,
+            drain_timeout_ms: 10_000,
+            ws_read_buffer: 4096,
+            ws_write_buffer: 0,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config: NodeConfig = parse(path, &read(path)?)?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(id) = &self.id {
+            validate_node_id(id)?;
+        }
+        let positive = [
+            ("max_message_bytes", self.max_message_bytes as u64),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("send_queue", self.send_queue as u64),
+            ("room_idle_ms", self.room_idle_ms),
+            ("sse_heartbeat_ms", self.sse_heartbeat_ms),
+            ("ws_read_buffer", self.ws_read_buffer as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("`{key}` must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+
+[[upstream]]
+id = "node-a"
+addr = "127.0.0.1:9001"
+
+[[upstream]]
+id = "node-b"
+addr = "127.0.0.1:9002"
+weight = 2
+"#;
+
+    fn load(text: &str) -> Result<BalancerConfig, String> {
+        BalancerConfig::from_toml(Path::new("b.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_good_file_loads_with_defaults() {
+        let c = load(GOOD).expect("valid");
+        assert_eq!(c.hash_param, "meeting_id");
+        assert_eq!(c.vnodes, DEFAULT_VNODES);
+        assert_eq!(c.members()[1].weight, 2);
+        assert_eq!(c.health, HealthConfig::default());
+    }
+
+    #[test]
+    fn refusals_name_the_problem_and_place() {
+        let err = load(&GOOD.replace("weight = 2", "wieght = 2")).unwrap_err();
+        assert!(
+            err.contains("unknown field `wieght`") && err.contains("line 12"),
+            "{err}"
+        );
+        let err = load(&GOOD.replace("node-b", "node-a")).unwrap_err();
+        assert!(err.contains("#2") && err.contains("duplicate id"), "{err}");
+        let err = load(&GOOD.replace("9002", "9001")).unwrap_err();
+        assert!(err.contains("duplicate addr"), "{err}");
+        let err = load(&GOOD.replace("weight = 2", "weight = 0")).unwrap_err();
+        assert!(err.contains("weight 0"), "{err}");
+        let err = load(&GOOD.replace("127.0.0.1:9002", "nowhere")).unwrap_err();
+        assert!(err.contains("not an IP:port"), "{err}");
+        let err = load(GOOD.split("[[upstream]]").next().unwrap_or("")).unwrap_err();
+        assert!(err.contains("no [[upstream]]"), "{err}");
+        let err = load("listen = ").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

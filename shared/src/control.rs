@@ -1,0 +1,58 @@
+//! The control channel from balancers to nodes: who owns which meeting.
+//!
+//! A node cannot see the ring on its own, so each balancer pushes its view
+//! (`POST /control/view`) whenever the view changes and every
+//! `push_interval_ms` besides. A node evicts the rooms the view says it does
+//! not own: it hands their history to the new owner (`POST /control/handoff`)
+//! and then closes their clients with 4001, so they reconnect through the
+//! balancer, land on the new owner, and resume with `since`.
+
+use crate::ring::{Member, Ring};
+use serde::{Deserialize, Serialize};
+
+/// Bearer token header of both control endpoints.
+pub const AUTHORIZATION: &str = "authorization";
+/// Set by the balancer on each proxied request: which balancer routed it...
+pub const BALANCER_HEADER: &str = "x-roompin-balancer";
+/// ...and the epoch of the view it routed by. A node refuses a request for a
+/// meeting it does not own only when its own view from that balancer is at
+/// least this new, so a node that has not heard of a change yet never turns
+/// away the clients the change sends it.
+pub const EPOCH_HEADER: &str = "x-roompin-epoch";
+
+/// One balancer's ownership view.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RingView {
+    /// The balancer that sent it.
+    pub source: String,
+    /// Bumped by any change of members, weights or health.
+    pub epoch: u64,
+    pub vnodes: u32,
+    /// Every configured member, healthy or not.
+    pub members: Vec<Member>,
+    /// Ids of the members that currently own meetings.
+    pub healthy: Vec<String>,
+}
+
+impl RingView {
+    /// The ring of owners: the configured members minus the unhealthy ones.
+    pub fn owner_ring(&self) -> Ring {
+        Ring::new(self.members.clone(), self.vnodes).without(|m| !self.healthy.contains(&m.id))
+    }
+}
+
+/// A room's history, sent by its old owner to its new one before the old
+/// owner closes the room's clients.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Handoff {
+    pub meeting_id: String,
+    /// The room's last seq; the new owner continues from it.
+    pub seq: u64,
+    /// The retained events, oldest first, as the JSON text sent to clients.
+    pub events: Vec<String>,
+}
+
+/// Path of the view push.
+pub const VIEW_PATH: &str = "/control/view";
+/// Path of the history handoff.
+pub const HANDOFF_PATH: &str = "/control/handoff";

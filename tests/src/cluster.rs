@@ -1,0 +1,2 @@
+pub struct Cluster;
+pub struct ClusterOptions;

@@ -1,0 +1,126 @@
+//! A WebSocket test client speaking protocol v1.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub struct WsClient {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The `welcome` frame this connection received.
+    pub welcome: Value,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// A close frame with this code and reason.
+    Closed(u16, String),
+    /// The TCP connection dropped without a close frame.
+    Dropped,
+}
+
+impl WsClient {
+    /// Connects and reads the welcome frame.
+    pub async fn connect(url: &str) -> anyhow::Result<WsClient> {
+        let (stream, _) =
+            tokio::time::timeout(crate::PATIENCE, tokio_tungstenite::connect_async(url)).await??;
+        let mut client = WsClient {
+            stream,
+            welcome: Value::Null,
+        };
+        let welcome = client.recv().await?;
+        anyhow::ensure!(
+            welcome["type"] == "welcome",
+            "first frame is not welcome: {welcome}"
+        );
+        client.welcome = welcome;
+        Ok(client)
+    }
+
+    pub fn node(&self) -> &str {
+        self.welcome["node"].as_str().unwrap_or_default()
+    }
+
+    pub fn conn_id(&self) -> &str {
+        self.welcome["conn_id"].as_str().unwrap_or_default()
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.send_raw(Message::text(
+            json!({"type": "message", "text": text}).to_string(),
+        ))
+        .await
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) -> anyhow::Result<()> {
+        Ok(self.stream.send(msg).await?)
+    }
+
+    /// The next JSON frame, within `PATIENCE`.
+    pub async fn recv(&mut self) -> anyhow::Result<Value> {
+        self.recv_within(crate::PATIENCE).await
+    }
+
+    pub async fn recv_within(&mut self, within: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = tokio::time::timeout(left, self.stream.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no frame within {within:?}"))?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(frame))) => anyhow::bail!("closed: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => anyhow::bail!("read error: {e}"),
+                None => anyhow::bail!("connection ended"),
+            }
+        }
+    }
+
+    /// The next frame of a given `type`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> anyhow::Result<Value> {
+        loop {
+            let v = self.recv().await?;
+            if v["type"] == kind {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Whether no text frame arrives within `within`.
+    pub async fn silent_for(&mut self, within: Duration) -> bool {
+        self.recv_within(within).await.is_err()
+    }
+
+    /// Reads until the connection ends, returning how it ended and the
+    /// frames that came before.
+    pub async fn until_end(&mut self, within: Duration) -> anyhow::Result<(Ended, Vec<Value>)> {
+        let mut frames = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = tokio::time::timeout(left, self.stream.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("connection still open after {within:?}"))?;
+            match msg {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Ok((Ended::Closed(f.code.into(), f.reason.to_string()), frames))
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Ok((Ended::Closed(1005, String::new()), frames))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ok((Ended::Dropped, frames)),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
