@@ -47,15 +47,14 @@ pub async fn view(
         return refusal;
     }
     let epoch = view.epoch;
-    let applied = match node.ownership.apply(view) {
+    let (applied, moved) = match node.ownership.apply(view) {
         Some(v) => {
             tracing::debug!(source = %v.view.source, epoch, healthy = ?v.view.healthy, "ring view applied");
-            node.ownership.evict_lost_rooms(&node, &v);
-            true
+            (true, node.ownership.evict_lost_rooms(&node, &v))
         }
-        None => false,
+        None => (false, 0),
     };
-    Json(json!({ "applied": applied, "epoch": epoch })).into_response()
+    Json(json!({ "applied": applied, "epoch": epoch, "moved": moved })).into_response()
 }
 
 /// A room's history from its previous owner.

@@ -121,8 +121,10 @@ impl Ownership {
             .is_some_and(|v| !v.view.healthy.contains(&self.node_id))
     }
 
-    /// Moves every room whose owner under `view` is another node.
-    pub fn evict_lost_rooms(&self, node: &Arc<Node>, view: &View) {
+    /// Moves every room whose owner under `view` is another node; returns
+    /// how many moved.
+    pub fn evict_lost_rooms(&self, node: &Arc<Node>, view: &View) -> usize {
+        let mut moved = 0;
         for room in node.rooms.all() {
             let Some(owner) = view.ring.owner(room.meeting_id.as_str()) else {
                 continue;
@@ -132,6 +134,7 @@ impl Ownership {
             }
             let (handoff, members) = room.close_for_move();
             node.rooms.remove(&room);
+            moved += 1;
             node.metrics.rooms_moved.inc();
             tracing::info!(meeting = %room.meeting_id, to = %owner.id, members = members.len(), "room moved");
             let (node, addr) = (node.clone(), owner.addr.clone());
@@ -142,6 +145,7 @@ impl Ownership {
                 }
             });
         }
+        moved
     }
 
     /// Best effort: the clients are moved either way; without history the

@@ -10,7 +10,7 @@ pub mod process;
 pub mod sse;
 pub mod ws;
 
-pub use cluster::{Cluster, ClusterOptions};
+pub use cluster::{BalancerProc, Cluster, ClusterOptions};
 pub use process::{free_port, wait_healthy, NodeOptions, NodeProc, Proc};
 pub use sse::SseClient;
 pub use ws::WsClient;

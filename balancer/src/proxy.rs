@@ -1,0 +1,288 @@
+//! The public listener: a Pingora `ProxyHttp` that pins every meeting to
+//! its owner node.
+//!
+//! `request_filter` validates the meeting id (with the same code the nodes
+//! use) and picks the owner from the routing snapshot; nothing is proxied
+//! for a bad request. A refused connection marks the node suspect and the
+//! request is retried on the next owner of the ring without it.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
+use crate::page;
+use crate::routing::Membership;
+use roompin_shared::control::{BALANCER_HEADER, EPOCH_HEADER};
+use roompin_shared::{MeetingId, Member};
+
+/// Connecting to a node on the same network should take milliseconds; a
+/// node that does not answer in this time is treated like one that refused.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    WebSocket,
+    Sse,
+    Messages,
+    Page,
+    Other,
+}
+
+impl Route {
+    fn of(path: &str) -> Route {
+        match path {
+            "/websocket" => Route::WebSocket,
+            "/sse" => Route::Sse,
+            "/messages" => Route::Messages,
+            "/" | "/index.html" => Route::Page,
+            _ => Route::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::WebSocket => "websocket",
+            Route::Sse => "sse",
+            Route::Messages => "messages",
+            Route::Page => "page",
+            Route::Other => "other",
+        }
+    }
+}
+
+pub struct Proxy {
+    pub membership: Arc<Membership>,
+    pub metrics: Metrics,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    route: Route,
+    meeting: Option<MeetingId>,
+    upstream: Option<Member>,
+    epoch: u64,
+    /// Nodes that refused this request, skipped on retry.
+    refused: Vec<String>,
+    /// Counted in a per-upstream gauge until `logging`.
+    open_gauge: Option<&'static str>,
+    started: Instant,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            route: Route::Other,
+            meeting: None,
+            upstream: None,
+            epoch: 0,
+            refused: Vec::new(),
+            open_gauge: None,
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let uri = session.req_header().uri.clone();
+        ctx.route = Route::of(uri.path());
+        match ctx.route {
+            Route::Page => {
+                page::serve(session).await?;
+                return Ok(true);
+            }
+            Route::Other => {
+                let reason = format!(
+                    "no route for {}: use /websocket, /sse or /messages\n",
+                    uri.path()
+                );
+                respond(session, 404, &reason).await?;
+                return Ok(true);
+            }
+            _ => {}
+        }
+        let routing = self.membership.routing();
+        let meeting = match MeetingId::from_query(uri.query(), &routing.config.hash_param) {
+            Ok(m) => m,
+            Err(e) => {
+                respond(session, 400, &format!("{e}\n")).await?;
+                return Ok(true);
+            }
+        };
+        let Some(owner) = routing.owner(meeting.as_str()) else {
+            respond(session, 503, "no healthy chat node: try again shortly\n").await?;
+            return Ok(true);
+        };
+        ctx.upstream = Some(owner.clone());
+        ctx.epoch = routing.epoch;
+        ctx.meeting = Some(meeting);
+        if matches!(ctx.route, Route::WebSocket | Route::Sse) {
+            // Pingora's default 60 s downstream read timeout also applies to
+            // upgraded and streaming connections. They live for hours; the
+            // node's pings and heartbeats find dead peers instead.
+            session.set_read_timeout(None);
+            session.set_write_timeout(None);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if !ctx.refused.is_empty() {
+            // A retry: the next owner on the ring without the refusing nodes.
+            let routing = self.membership.routing();
+            let meeting = ctx
+                .meeting
+                .as_ref()
+                .map(MeetingId::as_str)
+                .unwrap_or_default();
+            let ring = routing.owners.without(|m| ctx.refused.contains(&m.id));
+            ctx.upstream = ring.owner(meeting).cloned();
+            ctx.epoch = routing.epoch;
+        }
+        let Some(upstream) = &ctx.upstream else {
+            return Err(Error::explain(
+                ErrorType::ConnectRefused,
+                "every healthy chat node refused the connection",
+            ));
+        };
+        let mut peer = HttpPeer::new(upstream.addr.as_str(), false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let routing = self.membership.routing();
+        request.insert_header(BALANCER_HEADER, routing.balancer_id.as_str())?;
+        request.insert_header(EPOCH_HEADER, ctx.epoch.to_string())?;
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            request.insert_header("x-forwarded-for", addr.ip().to_string())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(upstream) = ctx.upstream.take() {
+            tracing::warn!(upstream = %upstream.id, error = %e, "connection to chat node failed; trying the next");
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[&upstream.id])
+                .inc();
+            self.membership.suspect(&upstream.id);
+            ctx.refused.push(upstream.id);
+            let others = self.membership.routing().owners.members().len();
+            e.set_retry(ctx.refused.len() < others);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(upstream) = &ctx.upstream else {
+            return Ok(());
+        };
+        let gauge = match (ctx.route, response.status.as_u16()) {
+            (Route::WebSocket, 101) => &self.metrics.connections,
+            (Route::Sse, 200) => &self.metrics.streams,
+            _ => return Ok(()),
+        };
+        gauge.with_label_values(&[&upstream.id]).inc();
+        ctx.open_gauge = Some(if ctx.route == Route::WebSocket {
+            "websocket"
+        } else {
+            "sse"
+        });
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> pingora::proxy::FailToProxy {
+        let code = match e.esource() {
+            pingora::ErrorSource::Upstream => 502,
+            pingora::ErrorSource::Downstream => 0,
+            _ => 500,
+        };
+        if code > 0 {
+            if let Some(upstream) = &ctx.upstream {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[&upstream.id])
+                    .inc();
+            }
+            let reason = format!("chat node unavailable: {}\n", e.etype().as_str());
+            let _ = respond(session, code, &reason).await;
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics
+            .requests
+            .with_label_values(&[ctx.route.label(), &status.to_string()])
+            .inc();
+        let upstream = ctx.upstream.as_ref().map(|u| u.id.as_str()).unwrap_or("-");
+        if let (Some(kind), Some(u)) = (ctx.open_gauge.take(), &ctx.upstream) {
+            let gauge = if kind == "websocket" {
+                &self.metrics.connections
+            } else {
+                &self.metrics.streams
+            };
+            gauge.with_label_values(&[&u.id]).dec();
+        }
+        if ctx.route != Route::Page {
+            tracing::info!(
+                route = ctx.route.label(),
+                meeting = ctx.meeting.as_ref().map(MeetingId::as_str).unwrap_or("-"),
+                node = upstream,
+                status,
+                secs = ctx.started.elapsed().as_secs_f64(),
+                error = e.map(|e| e.to_string()),
+                "request done"
+            );
+        }
+    }
+}
+
+/// A plain-text response with a reason, ending the request.
+pub async fn respond(session: &mut Session, status: u16, body: &str) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(3))?;
+    header.insert_header("content-type", "text/plain; charset=utf-8")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body.to_owned())), true)
+        .await
+}

@@ -1,0 +1,103 @@
+//! Live edits of the upstream TOML: a file watch (notify) and SIGHUP both
+//! reload it. A file that does not parse or validate is refused whole and
+//! the running config stays; the log names the error and its line.
+
+use notify::{RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::routing::Membership;
+use roompin_shared::config::BalancerConfig;
+
+/// Editors write a file in several steps; wait for them to settle.
+const SETTLE: Duration = Duration::from_millis(100);
+
+pub struct Reloader {
+    pub path: PathBuf,
+    pub membership: Arc<Membership>,
+    pub metrics: Metrics,
+}
+
+impl Reloader {
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        // Watch the directory, not the file: editors and `mv` replace the
+        // file, which would end a watch on the old inode.
+        let _watcher = match self.watch(tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot watch the config; SIGHUP still reloads");
+                None
+            }
+        };
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        loop {
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while rx.try_recv().is_ok() {}
+                    self.reload("file changed");
+                }
+                _ = hangup => self.reload("SIGHUP"),
+                _ = &mut shutdown => return,
+            }
+        }
+    }
+
+    fn watch(&self, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+        let file = self.path.file_name().map(|f| f.to_owned());
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if event.kind.is_access() {
+                    return;
+                }
+                if event.paths.iter().any(|p| p.file_name() == file.as_deref()) {
+                    let _ = tx.try_send(());
+                }
+            })?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    }
+
+    fn reload(&self, why: &str) {
+        match BalancerConfig::load(&self.path) {
+            Ok(config) => {
+                let before = self.membership.routing().epoch;
+                self.membership.apply_config(config);
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                let epoch = self.membership.routing().epoch;
+                tracing::info!(why, path = %self.path.display(), epoch, changed = epoch != before, "config reloaded");
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(why, error = %e, "config reload refused; the running config stays");
+            }
+        }
+    }
+}
