@@ -105,3 +105,69 @@ async fn bad_meeting_ids_are_refused_and_never_proxied() {
     assert_eq!(status, 200);
     assert!(body.contains("roompin"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_balancers_with_the_same_toml_route_identically() {
+    use roompin_shared::{Member, Ring};
+    use roompin_tests::cluster::BalancerProc;
+    use roompin_tests::process::{free_port, loopback, target_dir};
+
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let (public, admin) = (loopback(free_port()), loopback(free_port()));
+    let nodes: Vec<_> = cluster.nodes.iter().collect();
+    let toml = Cluster::toml_for(&cluster.options, public, admin, &nodes);
+    let path = target_dir()
+        .join("test-logs")
+        .join(format!("second-{}.toml", admin.port()));
+    std::fs::write(&path, toml).expect("write second config");
+    let second = BalancerProc::start(path, public, admin).await;
+    cluster
+        .wait_owners(&["node-a", "node-b", "node-c"], roompin_tests::PATIENCE)
+        .await;
+    crate_eventually_all_owners(&second).await;
+
+    // The ring as the shared crate computes it, in this process.
+    let members: Vec<Member> = cluster
+        .nodes
+        .iter()
+        .map(|n| Member {
+            id: n.id.clone(),
+            addr: n.addr.to_string(),
+            weight: 1,
+        })
+        .collect();
+    let ring = Ring::new(members, roompin_shared::config::DEFAULT_VNODES);
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    for i in 0..1000 {
+        let meeting = format!("agree-{i}-{}", i * 7919 % 1009);
+        let (a, b) = (
+            cluster.balancer.route(&meeting).await.expect("route"),
+            second.route(&meeting).await.expect("route"),
+        );
+        assert_eq!(a, b, "balancers disagree on {meeting}");
+        let local = ring
+            .owner(&meeting)
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        assert_eq!(a, local, "balancer and shared ring disagree on {meeting}");
+        *per_node.entry(a).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+}
+
+async fn crate_eventually_all_owners(b: &roompin_tests::BalancerProc) {
+    roompin_tests::eventually(
+        roompin_tests::PATIENCE,
+        "second balancer sees 3 owners",
+        || async {
+            let ring = b.ring().await.ok()?;
+            let owners = ring["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["owner"] == true)
+                .count();
+            (owners == 3).then_some(())
+        },
+    )
+    .await
+}
