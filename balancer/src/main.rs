@@ -15,10 +15,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-use roompin_shared::config::BalancerConfig;
 
 #[derive(Parser, Debug)]
 #[command(name = "roompin-balancer", version, about = "roompin's edge proxy")]
@@ -26,6 +25,12 @@ struct Cli {
     /// The balancer TOML (see config/balancer.toml). Edits apply live.
     #[arg(long)]
     config: PathBuf,
+    /// Overrides `listen` in the file.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Overrides `admin_listen` in the file.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Worker threads of the proxy.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -47,7 +52,12 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = BalancerConfig::load(&cli.config)?;
+    let source = reload::ConfigSource {
+        path: cli.config.clone(),
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+    };
+    let config = source.load()?;
     let metrics = metrics::Metrics::register()?;
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     if config.control_token.is_none() {
@@ -101,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         health,
         pusher: push::ViewPusher::new(membership.clone(), metrics.clone()),
         reloader: reload::Reloader {
-            path: cli.config.clone(),
+            source,
             membership,
             metrics,
         },

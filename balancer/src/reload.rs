@@ -3,6 +3,7 @@
 //! the running config stays; the log names the error and its line.
 
 use notify::{RecursiveMode, Watcher};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +12,36 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::routing::Membership;
-use roompin_shared::config::BalancerConfig;
+use roompin_shared::config::{BalancerConfig, ConfigError};
 
 /// Editors write a file in several steps; wait for them to settle.
 const SETTLE: Duration = Duration::from_millis(100);
 
-pub struct Reloader {
+/// Where the config comes from: the file, with the command line's
+/// overrides applied on top of every load (so one upstream TOML can serve
+/// several balancers that listen on different addresses).
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
     pub path: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<BalancerConfig, ConfigError> {
+        let mut config = BalancerConfig::load(&self.path)?;
+        config.listen = self.listen.unwrap_or(config.listen);
+        config.admin_listen = self.admin_listen.unwrap_or(config.admin_listen);
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+}
+
+pub struct Reloader {
+    pub source: ConfigSource,
     pub membership: Arc<Membership>,
     pub metrics: Metrics,
 }
@@ -31,7 +55,7 @@ impl Reloader {
         let _watcher = match self.watch(tx) {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot watch the config; SIGHUP still reloads");
+                tracing::error!(path = %self.source.path.display(), error = %e, "cannot watch the config; SIGHUP still reloads");
                 None
             }
         };
@@ -62,7 +86,7 @@ impl Reloader {
     }
 
     fn watch(&self, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
-        let file = self.path.file_name().map(|f| f.to_owned());
+        let file = self.source.path.file_name().map(|f| f.to_owned());
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let Ok(event) = event else { return };
@@ -74,6 +98,7 @@ impl Reloader {
                 }
             })?;
         let dir = self
+            .source
             .path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -83,13 +108,13 @@ impl Reloader {
     }
 
     fn reload(&self, why: &str) {
-        match BalancerConfig::load(&self.path) {
+        match self.source.load() {
             Ok(config) => {
                 let before = self.membership.routing().epoch;
                 self.membership.apply_config(config);
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 let epoch = self.membership.routing().epoch;
-                tracing::info!(why, path = %self.path.display(), epoch, changed = epoch != before, "config reloaded");
+                tracing::info!(why, path = %self.source.path.display(), epoch, changed = epoch != before, "config reloaded");
             }
             Err(e) => {
                 self.metrics

@@ -57,6 +57,7 @@ impl Routing {
             vnodes: self.config.vnodes,
             members: self.config.members(),
             healthy: self.owners.members().iter().map(|m| m.id.clone()).collect(),
+            push_interval_ms: self.config.push_interval_ms,
         }
     }
 }

@@ -46,14 +46,16 @@ pub async fn view(
     if let Err(refusal) = authorize(&node, &headers) {
         return refusal;
     }
-    let epoch = view.epoch;
-    let (applied, moved) = match node.ownership.apply(view) {
-        Some(v) => {
-            tracing::debug!(source = %v.view.source, epoch, healthy = ?v.view.healthy, "ring view applied");
-            (true, node.ownership.evict_lost_rooms(&node, &v))
-        }
-        None => (false, 0),
+    let (epoch, source) = (view.epoch, view.source.clone());
+    let applied = node.ownership.apply(view);
+    // Re-checked on every push, not only on new epochs: a view that went
+    // stale (its balancer stopped) may be what kept a room here.
+    let moved = if applied {
+        node.ownership.evict_lost_rooms(&node)
+    } else {
+        0
     };
+    tracing::debug!(%source, epoch, applied, moved, "ring view received");
     Json(json!({ "applied": applied, "epoch": epoch, "moved": moved })).into_response()
 }
 

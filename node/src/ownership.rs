@@ -2,7 +2,6 @@
 //! it does when that changes: hand each lost room's history to its new
 //! owner, then close the room's clients with 4001.
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -10,17 +9,27 @@ use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::node::Node;
 use roompin_shared::control::{Handoff, RingView, AUTHORIZATION, HANDOFF_PATH};
 use roompin_shared::protocol::close;
 use roompin_shared::{MeetingId, Ring};
 
-/// A view and the owner ring built from it.
+/// A view, the owner ring built from it, and when it was last heard.
 pub struct View {
     pub view: RingView,
     pub ring: Ring,
+    received: Instant,
+}
+
+impl View {
+    /// A balancer re-sends its view every `push_interval_ms`; one not heard
+    /// for three intervals has stopped (or lost us) and no longer counts.
+    fn is_fresh(&self) -> bool {
+        self.received.elapsed()
+            < Duration::from_millis(self.view.push_interval_ms.saturating_mul(3))
+    }
 }
 
 /// The meeting belongs to another node.
@@ -42,8 +51,8 @@ impl std::fmt::Display for Misrouted {
 
 pub struct Ownership {
     node_id: String,
+    /// The latest view of each balancer.
     by_source: Mutex<HashMap<String, Arc<View>>>,
-    latest: ArcSwapOption<View>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -54,90 +63,123 @@ impl Ownership {
         Ownership {
             node_id,
             by_source: Mutex::new(HashMap::new()),
-            latest: ArcSwapOption::empty(),
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 
-    /// Stores a view if it is newer than the last from its balancer.
-    pub fn apply(&self, view: RingView) -> Option<Arc<View>> {
+    /// Stores a balancer's view unless an older one overtook a newer one in
+    /// flight. A repeat of the same epoch refreshes it. Returns whether it
+    /// was taken.
+    pub fn apply(&self, view: RingView) -> bool {
         let mut by_source = self.by_source.lock();
         if by_source
             .get(&view.source)
-            .is_some_and(|v| v.view.epoch >= view.epoch)
+            .is_some_and(|v| v.view.epoch > view.epoch)
         {
-            return None;
+            return false;
         }
         let view = Arc::new(View {
             ring: view.owner_ring(),
             view,
+            received: Instant::now(),
         });
-        by_source.insert(view.view.source.clone(), view.clone());
-        self.latest.store(Some(view.clone()));
-        Some(view)
+        by_source.insert(view.view.source.clone(), view);
+        true
+    }
+
+    /// The fresh views, one per balancer.
+    fn fresh(&self) -> Vec<Arc<View>> {
+        self.by_source
+            .lock()
+            .values()
+            .filter(|v| v.is_fresh())
+            .cloned()
+            .collect()
     }
 
     /// Refuses a meeting that a view says another node owns. A request the
     /// balancer routed by epoch N is refused only if this node's view from
     /// that balancer is at least N: a node that has not heard of a change
-    /// yet trusts the balancer. A direct request is judged by the latest view.
+    /// yet trusts the balancer. A direct request is refused only when every
+    /// fresh view names another owner.
     pub fn check(
         &self,
         meeting: &MeetingId,
         routed_by: Option<(&str, u64)>,
     ) -> Result<(), Misrouted> {
-        let view = match routed_by {
-            Some((source, epoch)) => {
-                match self
-                    .by_source
-                    .lock()
-                    .get(source)
-                    .filter(|v| v.view.epoch >= epoch)
-                {
-                    Some(v) => v.clone(),
-                    None => return Ok(()),
-                }
-            }
-            None => match self.latest.load_full() {
-                Some(v) => v,
-                None => return Ok(()),
+        let views = match routed_by {
+            Some((source, epoch)) => match self.by_source.lock().get(source) {
+                Some(v) if v.view.epoch >= epoch => vec![v.clone()],
+                _ => return Ok(()),
             },
+            None => self.fresh(),
         };
-        match view.ring.owner(meeting.as_str()) {
-            Some(owner) if owner.id != self.node_id => Err(Misrouted {
-                owner: owner.id.clone(),
+        match self.other_owner(&views, meeting.as_str()) {
+            Some((owner, view)) => Err(Misrouted {
+                owner: owner.to_owned(),
                 epoch: view.view.epoch,
                 source: view.view.source.clone(),
             }),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
-    /// Whether the latest view routes nothing to this node any more.
-    pub fn routed_away(&self) -> bool {
-        self.latest
-            .load()
-            .as_ref()
-            .is_some_and(|v| !v.view.healthy.contains(&self.node_id))
+    /// The owner another node has under every view, with the newest view,
+    /// or `None` if any view keeps the meeting here (or has no owner).
+    fn other_owner<'v>(
+        &self,
+        views: &'v [Arc<View>],
+        meeting: &str,
+    ) -> Option<(&'v str, &'v View)> {
+        let mut newest: Option<(&str, &View)> = None;
+        for v in views {
+            let owner = v.ring.owner(meeting)?;
+            if owner.id == self.node_id {
+                return None;
+            }
+            if newest.is_none_or(|(_, n)| v.received > n.received) {
+                newest = Some((owner.id.as_str(), v));
+            }
+        }
+        newest
     }
 
-    /// Moves every room whose owner under `view` is another node; returns
+    /// Whether every fresh view routes nothing to this node any more.
+    pub fn routed_away(&self) -> bool {
+        let views = self.fresh();
+        !views.is_empty()
+            && views
+                .iter()
+                .all(|v| !v.view.healthy.contains(&self.node_id))
+    }
+
+    /// Moves every room that all fresh views give to another node; returns
     /// how many moved.
-    pub fn evict_lost_rooms(&self, node: &Arc<Node>, view: &View) -> usize {
+    pub fn evict_lost_rooms(&self, node: &Arc<Node>) -> usize {
+        let views = self.fresh();
+        if views.is_empty() {
+            return 0;
+        }
         let mut moved = 0;
         for room in node.rooms.all() {
-            let Some(owner) = view.ring.owner(room.meeting_id.as_str()) else {
+            let Some((owner_id, view)) = self.other_owner(&views, room.meeting_id.as_str()) else {
                 continue;
             };
-            if owner.id == self.node_id {
+            let Some(addr) = view
+                .view
+                .members
+                .iter()
+                .find(|m| m.id == owner_id)
+                .map(|m| m.addr.clone())
+            else {
                 continue;
-            }
+            };
             let (handoff, members) = room.close_for_move();
             node.rooms.remove(&room);
             moved += 1;
             node.metrics.rooms_moved.inc();
-            tracing::info!(meeting = %room.meeting_id, to = %owner.id, members = members.len(), "room moved");
-            let (node, addr) = (node.clone(), owner.addr.clone());
+            tracing::info!(meeting = %room.meeting_id, to = %owner_id, members = members.len(), "room moved");
+            let node = node.clone();
             node.tasks.clone().spawn(async move {
                 node.ownership.send_handoff(&node, &addr, &handoff).await;
                 for m in members {

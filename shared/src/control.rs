@@ -2,10 +2,13 @@
 //!
 //! A node cannot see the ring on its own, so each balancer pushes its view
 //! (`POST /control/view`) whenever the view changes and every
-//! `push_interval_ms` besides. A node evicts the rooms the view says it does
-//! not own: it hands their history to the new owner (`POST /control/handoff`)
-//! and then closes their clients with 4001, so they reconnect through the
-//! balancer, land on the new owner, and resume with `since`.
+//! `push_interval_ms` besides. A node evicts a room once every fresh view
+//! (one per balancer) says another node owns it: it hands the room's history
+//! to the new owner (`POST /control/handoff`) and then closes the room's
+//! clients with 4001, so they reconnect through the balancer, land on the new
+//! owner, and resume with `since`. Waiting for all balancers to agree keeps a
+//! room from bouncing while two of them briefly disagree (one has seen a
+//! health change a check earlier than the other).
 
 use crate::ring::{Member, Ring};
 use serde::{Deserialize, Serialize};
@@ -32,6 +35,14 @@ pub struct RingView {
     pub members: Vec<Member>,
     /// Ids of the members that currently own meetings.
     pub healthy: Vec<String>,
+    /// How often the balancer re-sends its view. A node forgets a view it
+    /// has not heard again for three intervals (its balancer is gone).
+    #[serde(default = "default_push_interval_ms")]
+    pub push_interval_ms: u64,
+}
+
+fn default_push_interval_ms() -> u64 {
+    2000
 }
 
 impl RingView {

@@ -49,7 +49,12 @@ impl BalancerProc {
     /// Starts a balancer on `config` and waits for its `/healthz`.
     pub async fn start(config: PathBuf, public: SocketAddr, admin: SocketAddr) -> BalancerProc {
         let mut cmd = Command::new(bin("roompin-balancer"));
+        // The flags override the file, so several balancers can share one TOML.
         cmd.arg("--config").arg(&config);
+        cmd.arg("--listen")
+            .arg(public.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string());
         let proc = Proc::spawn(&format!("balancer-{}", admin.port()), cmd);
         wait_healthy(admin, crate::PATIENCE)
             .await
@@ -64,6 +69,11 @@ impl BalancerProc {
 
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/websocket?{query}", self.public)
+    }
+
+    /// `ws://…/websocket`, without a query.
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}/websocket", self.public)
     }
 
     pub fn url(&self, path: &str) -> String {
