@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::metrics::Metrics;
 use crate::page;
 use crate::routing::Membership;
-use roompin_shared::control::{BALANCER_HEADER, EPOCH_HEADER};
+use roompin_shared::control::{BALANCER_HEADER, EPOCH_HEADER, SKIPPED_HEADER};
 use roompin_shared::{MeetingId, Member};
 
 /// Connecting to a node on the same network should take milliseconds; a
@@ -166,6 +166,9 @@ impl ProxyHttp for Proxy {
         let routing = self.membership.routing();
         request.insert_header(BALANCER_HEADER, routing.balancer_id.as_str())?;
         request.insert_header(EPOCH_HEADER, ctx.epoch.to_string())?;
+        if !ctx.refused.is_empty() {
+            request.insert_header(SKIPPED_HEADER, ctx.refused.join(","))?;
+        }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             request.insert_header("x-forwarded-for", addr.ip().to_string())?;
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::node::Node;
-use roompin_shared::control::{Handoff, RingView, AUTHORIZATION, HANDOFF_PATH};
+use roompin_shared::control::{Handoff, RingView, RoutedBy, AUTHORIZATION, HANDOFF_PATH};
 use roompin_shared::protocol::close;
 use roompin_shared::{MeetingId, Ring};
 
@@ -99,20 +99,37 @@ impl Ownership {
 
     /// Refuses a meeting that a view says another node owns. A request the
     /// balancer routed by epoch N is refused only if this node's view from
-    /// that balancer is at least N: a node that has not heard of a change
-    /// yet trusts the balancer. A direct request is refused only when every
-    /// fresh view names another owner.
+    /// that balancer is at least N (a node that has not heard of a change yet
+    /// trusts the balancer), judged on the ring without the nodes the
+    /// balancer skipped because they refused. A direct request is refused
+    /// only when every fresh view names another owner.
     pub fn check(
         &self,
         meeting: &MeetingId,
-        routed_by: Option<(&str, u64)>,
+        routed_by: Option<RoutedBy<'_>>,
     ) -> Result<(), Misrouted> {
-        let views = match routed_by {
-            Some((source, epoch)) => match self.by_source.lock().get(source) {
-                Some(v) if v.view.epoch >= epoch => vec![v.clone()],
+        let views = match &routed_by {
+            Some(r) => match self.by_source.lock().get(r.source) {
+                Some(v) if v.view.epoch >= r.epoch => vec![v.clone()],
                 _ => return Ok(()),
             },
             None => self.fresh(),
+        };
+        let skipped = routed_by.map(|r| r.skipped).unwrap_or_default();
+        let views: Vec<Arc<View>> = if skipped.is_empty() {
+            views
+        } else {
+            views
+                .iter()
+                .map(|v| {
+                    let ring = v.ring.without(|m| skipped.contains(&m.id.as_str()));
+                    Arc::new(View {
+                        view: v.view.clone(),
+                        ring,
+                        received: v.received,
+                    })
+                })
+                .collect()
         };
         match self.other_owner(&views, meeting.as_str()) {
             Some((owner, view)) => Err(Misrouted {

@@ -2,7 +2,7 @@
 //! `/messages`), validated before any upgrade or stream starts.
 
 use axum::http::{HeaderMap, StatusCode};
-use roompin_shared::control::{BALANCER_HEADER, EPOCH_HEADER};
+use roompin_shared::control::{RoutedBy, BALANCER_HEADER, EPOCH_HEADER, SKIPPED_HEADER};
 use roompin_shared::meeting_id::query_param;
 use roompin_shared::protocol::MAX_USER_CHARS;
 use roompin_shared::MeetingId;
@@ -57,9 +57,23 @@ pub fn validate_user(user: &str) -> Result<String, Refusal> {
     Ok(user.to_owned())
 }
 
-/// The balancer and epoch a proxied request was routed by, if any.
-pub fn routed_by(headers: &HeaderMap) -> Option<(&str, u64)> {
+/// How a proxied request was routed, if a balancer routed it.
+pub fn routed_by(headers: &HeaderMap) -> Option<RoutedBy<'_>> {
     let source = headers.get(BALANCER_HEADER)?.to_str().ok()?;
     let epoch = headers.get(EPOCH_HEADER)?.to_str().ok()?.parse().ok()?;
-    Some((source, epoch))
+    let skipped = headers
+        .get(SKIPPED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(RoutedBy {
+        source,
+        epoch,
+        skipped,
+    })
 }

@@ -22,6 +22,19 @@ pub const BALANCER_HEADER: &str = "x-roompin-balancer";
 /// least this new, so a node that has not heard of a change yet never turns
 /// away the clients the change sends it.
 pub const EPOCH_HEADER: &str = "x-roompin-epoch";
+/// ...and, on a retry, the comma-separated ids of the nodes that refused the
+/// connection. The node judges ownership on the ring without them, as the
+/// balancer did, instead of refusing what the balancer rightly sent it
+/// while the dead owner is not yet marked unhealthy.
+pub const SKIPPED_HEADER: &str = "x-roompin-skipped";
+
+/// How a proxied request was routed, as its headers say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutedBy<'a> {
+    pub source: &'a str,
+    pub epoch: u64,
+    pub skipped: Vec<&'a str>,
+}
 
 /// One balancer's ownership view.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
