@@ -29,6 +29,8 @@ use roompin_shared::protocol::{close, error_code, ClientFrame, ServerEvent};
 
 /// How long a kicked client has to answer our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the writer may take to finish once the reader is done.
+const WRITER_GRACE: Duration = Duration::from_secs(2);
 
 pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
     let params = match JoinParams::parse(req.uri().query()) {
@@ -139,6 +141,10 @@ where
 
     let grace = async {
         kick.kicked().await;
+        // A kicked member is out of the room at once (a ping timeout is
+        // noticed by the writer, and would otherwise stay a member, counted
+        // and queued to, until the grace ends).
+        room.leave(&conn_id);
         tokio::time::sleep(CLOSE_GRACE).await;
     };
     tokio::pin!(grace);
@@ -149,7 +155,14 @@ where
         };
         last_seen.store(unix_ms(), Ordering::Relaxed);
         match frame {
-            Some(Ok(Message::Text(text))) => on_text(&node, &room, &user, &tx, text.as_str()),
+            Some(Ok(Message::Text(text))) => {
+                on_text(&node, &room, &user, &tx, text.as_str());
+                // A burst of frames sits whole in the read buffer, and
+                // publishing it without yielding starves the room's writers:
+                // every member's queue would overflow (4002) though all of
+                // them read. Yield so that the writers drain between frames.
+                tokio::task::yield_now().await;
+            }
             Some(Ok(Message::Binary(_))) => reply_error(
                 &tx,
                 error_code::BINARY_UNSUPPORTED,
@@ -176,7 +189,17 @@ where
     room.leave(&conn_id);
     kick.kick(close::NORMAL);
     drop(tx);
-    let code = writer.await.unwrap_or(None);
+    // A writer blocked on a peer that reads nothing (a slow consumer whose
+    // TCP window is shut) would otherwise hold the session forever.
+    let mut writer = writer;
+    let code = match tokio::time::timeout(WRITER_GRACE, &mut writer).await {
+        Ok(code) => code.unwrap_or(None),
+        Err(_) => {
+            writer.abort();
+            node.metrics.closes.with_label_values(&["0"]).inc();
+            None
+        }
+    };
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, close = ?code, "websocket closed");
 }
 

@@ -11,6 +11,13 @@ pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The `welcome` frame this connection received.
     pub welcome: Value,
+    /// The seq of the last room event received; `welcome.seq` until one
+    /// arrives. `recv_next` expects the next room event to carry one more.
+    /// A caller that resumed with `since` sets it to that `since`.
+    pub last_seq: u64,
+    /// WebSocket pings received from the node (each answered with a pong by
+    /// tungstenite, but only while the client is reading).
+    pub pings: u64,
 }
 
 /// How a connection ended.
@@ -30,14 +37,33 @@ impl WsClient {
         let mut client = WsClient {
             stream,
             welcome: Value::Null,
+            last_seq: 0,
+            pings: 0,
         };
         let welcome = client.recv().await?;
         anyhow::ensure!(
             welcome["type"] == "welcome",
             "first frame is not welcome: {welcome}"
         );
+        client.last_seq = welcome["seq"].as_u64().unwrap_or(0);
         client.welcome = welcome;
         Ok(client)
+    }
+
+    /// Attempts an upgrade that the node should refuse, and returns the
+    /// refusal's status and (plain-text) body.
+    pub async fn refused(url: &str) -> anyhow::Result<(u16, String)> {
+        match tokio::time::timeout(crate::PATIENCE, tokio_tungstenite::connect_async(url)).await? {
+            Ok(_) => anyhow::bail!("{url}: the upgrade was accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp.body().as_deref().unwrap_or_default();
+                Ok((
+                    resp.status().as_u16(),
+                    String::from_utf8_lossy(body).into_owned(),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -72,13 +98,35 @@ impl WsClient {
                 .await
                 .map_err(|_| anyhow::anyhow!("no frame within {within:?}"))?;
             match msg {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(self.note(serde_json::from_str(t.as_str())?))
+                }
                 Some(Ok(Message::Close(frame))) => anyhow::bail!("closed: {frame:?}"),
+                Some(Ok(Message::Ping(_))) => self.pings += 1,
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => anyhow::bail!("read error: {e}"),
                 None => anyhow::bail!("connection ended"),
             }
         }
+    }
+
+    /// Records the seq of a room event.
+    fn note(&mut self, v: Value) -> Value {
+        if let Some(seq) = room_seq(&v) {
+            self.last_seq = seq;
+        }
+        v
+    }
+
+    /// The next frame, which, if it is a room event, must carry exactly
+    /// `last_seq + 1`: no gap, no duplicate, no reordering.
+    pub async fn recv_next(&mut self) -> anyhow::Result<Value> {
+        let expected = self.last_seq + 1;
+        let v = self.recv().await?;
+        if let Some(seq) = room_seq(&v) {
+            anyhow::ensure!(seq == expected, "expected seq {expected}, got {v}");
+        }
+        Ok(v)
     }
 
     /// The next frame of a given `type`, skipping others.
@@ -107,7 +155,11 @@ impl WsClient {
                 .await
                 .map_err(|_| anyhow::anyhow!("connection still open after {within:?}"))?;
             match msg {
-                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Text(t))) => {
+                    let v = serde_json::from_str(t.as_str())?;
+                    frames.push(self.note(v));
+                }
+                Some(Ok(Message::Ping(_))) => self.pings += 1,
                 Some(Ok(Message::Close(Some(f)))) => {
                     return Ok((Ended::Closed(f.code.into(), f.reason.to_string()), frames))
                 }
@@ -122,5 +174,14 @@ impl WsClient {
 
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
+    }
+}
+
+/// The room seq of a room event (`message`, `join`, `leave`); `None` for
+/// `welcome`, `error` and anything else.
+pub fn room_seq(v: &Value) -> Option<u64> {
+    match v["type"].as_str() {
+        Some("message" | "join" | "leave") => v["seq"].as_u64(),
+        _ => None,
     }
 }

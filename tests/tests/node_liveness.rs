@@ -1,0 +1,212 @@
+//! End-to-end tests of how a chat node keeps connections alive and drops
+//! the ones that cannot keep up: pings, ping timeouts, slow consumers.
+
+use roompin_shared::protocol::close;
+use roompin_tests::ws::Ended;
+use roompin_tests::{eventually, get, metric, NodeOptions, NodeProc, WsClient, PATIENCE};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn node(id: &str, toml: &str) -> NodeProc {
+    NodeProc::start(
+        id,
+        NodeOptions {
+            toml: toml.to_owned(),
+            ..NodeOptions::default()
+        },
+    )
+    .await
+}
+
+async fn connect(node: &NodeProc, meeting: &str, user: &str) -> WsClient {
+    let url = node.ws_url(&format!("meeting_id={meeting}&user={user}"));
+    WsClient::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{user} cannot join {meeting}: {e}"))
+}
+
+/// The next frame, which must be a room event of `kind` carrying the next seq.
+async fn next(c: &mut WsClient, kind: &str) -> Value {
+    let v = c
+        .recv_next()
+        .await
+        .unwrap_or_else(|e| panic!("{} waiting for {kind}: {e}", c.conn_id()));
+    assert_eq!(v["type"], kind, "expected a {kind}, got {v}");
+    v
+}
+
+async fn sample(node: &NodeProc, series: &str) -> Option<f64> {
+    let (_, text) = get(&node.url("/metrics")).await.ok()?;
+    metric(&text, series)
+}
+
+/// A client that sends nothing but answers the node's pings stays connected
+/// past many ping intervals, and still receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_keep_an_idle_client_connected() {
+    let node = node("ping", "ping_interval_ms = 200\n").await;
+    let mut idle = connect(&node, "quiet", "idle").await;
+    next(&mut idle, "join").await;
+    let mut talker = connect(&node, "quiet", "talker").await;
+    next(&mut idle, "join").await;
+    next(&mut talker, "join").await;
+
+    // Both read (and so answer pings) for 5 intervals, sending nothing; a
+    // client that did not answer is dropped after 2 intervals.
+    let idle_for = Duration::from_millis(1000);
+    let (a, b) = tokio::join!(idle.silent_for(idle_for), talker.silent_for(idle_for));
+    assert!(a && b, "a frame arrived while both were idle");
+    assert!(idle.pings >= 2, "only {} pings in {idle_for:?}", idle.pings);
+
+    talker.send_text("still there?").await.expect("send");
+    for c in [&mut idle, &mut talker] {
+        let m = next(c, "message").await;
+        assert_eq!(m["text"], "still there?");
+    }
+    assert_eq!(sample(&node, "roompin_node_connections").await, Some(2.0));
+}
+
+/// A client that never answers pings is closed with 4003, and the room sees
+/// it leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_pongs_is_closed_with_4003() {
+    let node = node("pong", "ping_interval_ms = 200\n").await;
+    let mut mute = connect(&node, "deaf", "mute").await;
+    let mute_id = mute.conn_id().to_owned();
+    let mut peer = connect(&node, "deaf", "peer").await;
+    next(&mut peer, "join").await;
+
+    // `mute` reads nothing from here on, so tungstenite never pongs for it.
+    // It is dropped after 2-3 intervals, and leaves the room right then.
+    let leave = tokio::time::timeout(Duration::from_secs(3), next(&mut peer, "leave"))
+        .await
+        .expect("no leave within 3 s of a 200 ms ping interval");
+    assert_eq!(
+        (&leave["conn_id"], &leave["members"]),
+        (&json!(mute_id), &json!(1))
+    );
+    let (ended, frames) = mute.until_end(PATIENCE).await.expect("close");
+    assert_eq!(
+        ended,
+        Ended::Closed(close::PING_TIMEOUT, close::PING_TIMEOUT_REASON.into())
+    );
+    assert!(mute.pings >= 1, "closed without a ping first");
+    // Its own join and peer's, then nothing.
+    let kinds: Vec<_> = frames.iter().map(|f| f["type"].clone()).collect();
+    assert_eq!(kinds, [json!("join"), json!("join")], "{frames:?}");
+    // The peer, which answers pings, is still served.
+    peer.send_text("alone").await.expect("send");
+    assert_eq!(next(&mut peer, "message").await["text"], "alone");
+}
+
+/// With `send_queue = 4`, a member that stops reading while others publish
+/// big messages overflows its queue and is dropped with 4002; the others see
+/// its `leave`, are not disturbed, and the dropped client gets everything it
+/// missed when it resumes with `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_dropped_with_4002() {
+    let node = node("slow", "send_queue = 4\n").await;
+    let mut publisher = connect(&node, "flood", "pub").await;
+    let mut observer = connect(&node, "flood", "obs").await;
+    let mut slow = connect(&node, "flood", "slow").await;
+    let slow_id = slow.conn_id().to_owned();
+    for c in [&mut publisher, &mut observer] {
+        while c.last_seq < 3 {
+            next(c, "join").await;
+        }
+    }
+    let slow_before = sample(&node, "roompin_node_slow_consumers_total").await;
+
+    // `slow` reads nothing now. Publish ~60 KB messages in lock step with
+    // the two readers (whose queues of 4 never fill) until `slow` is dropped,
+    // which it is once the TCP buffers towards it are full.
+    let text = "x".repeat(60_000);
+    let mut leave = None;
+    let mut published = 0;
+    while leave.is_none() {
+        assert!(published < 2000, "slow consumer never dropped");
+        publisher.send_text(&text).await.expect("publish");
+        published += 1;
+        for c in [&mut publisher, &mut observer] {
+            let v = c.recv_next().await.expect("in-order stream");
+            let v = if v["type"] == "leave" {
+                assert_eq!((&v["conn_id"], &v["members"]), (&json!(slow_id), &json!(2)));
+                leave = Some(v["seq"].clone());
+                c.recv_next().await.expect("the message after the leave")
+            } else {
+                v
+            };
+            assert_eq!(v["type"], "message", "{v}");
+            assert_eq!(v["text"].as_str().map(str::len), Some(60_000));
+        }
+    }
+    assert_eq!(
+        sample(&node, "roompin_node_slow_consumers_total").await,
+        slow_before.map(|n| n + 1.0)
+    );
+
+    // `slow` reads again: a gapless prefix of the room's stream, then 4002.
+    let (ended, frames) = slow.until_end(PATIENCE).await.expect("close");
+    assert_eq!(
+        ended,
+        Ended::Closed(close::SLOW_CONSUMER, close::SLOW_CONSUMER_REASON.into())
+    );
+    let seqs: Vec<_> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    let first = slow.welcome["seq"].as_u64().unwrap_or(0) + 1;
+    assert_eq!(seqs, (first..first + seqs.len() as u64).collect::<Vec<_>>());
+    let last_seen = slow.last_seq;
+    assert!(
+        leave.as_ref().and_then(Value::as_u64) > Some(last_seen),
+        "slow saw its own leave"
+    );
+    drop(slow);
+
+    // Resuming with `since` fills the gap: its own leave, the rest, its join.
+    let url = node.ws_url(&format!("meeting_id=flood&user=slow&since={last_seen}"));
+    let mut back = WsClient::connect(&url).await.expect("resume");
+    assert_eq!(back.welcome["recovered"], true, "{}", back.welcome);
+    back.last_seq = last_seen;
+    let end = back.welcome["seq"].as_u64().unwrap_or(0);
+    while back.last_seq < end {
+        back.recv_next().await.expect("replay");
+    }
+    let join = back.recv_next().await.expect("own join");
+    assert_eq!(
+        (&join["type"], &join["conn_id"]),
+        (&json!("join"), &json!(back.conn_id()))
+    );
+
+    // The dropped connection is gone from the node: 2 + the resumed one.
+    eventually(PATIENCE, "the dropped connection to be closed", || async {
+        (sample(&node, "roompin_node_connections").await == Some(3.0)).then_some(())
+    })
+    .await;
+}
+
+/// A slow consumer that never reads again does not hold its connection (and
+/// its session's memory) forever: the node closes it after the close grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_that_never_reads_again_is_disconnected() {
+    let node = node("stuck", "send_queue = 4\n").await;
+    let mut publisher = connect(&node, "stuck", "pub").await;
+    let slow = connect(&node, "stuck", "slow").await;
+    while publisher.last_seq < 2 {
+        next(&mut publisher, "join").await;
+    }
+    let text = "x".repeat(60_000);
+    for published in 0.. {
+        assert!(published < 2000, "slow consumer never dropped");
+        publisher.send_text(&text).await.expect("publish");
+        let v = publisher.recv_next().await.expect("in-order stream");
+        if v["type"] == "leave" {
+            break;
+        }
+    }
+    eventually(
+        Duration::from_secs(15),
+        "the node to close the stuck connection",
+        || async { (sample(&node, "roompin_node_connections").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    drop(slow);
+}
