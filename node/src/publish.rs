@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
@@ -12,20 +12,20 @@ use crate::node::Node;
 use crate::params::{routed_by, validate_user, JoinParams};
 use roompin_shared::protocol::{PublishAccepted, PublishRequest};
 
+/// How often a publish looks the room up again after finding it closed.
+const ATTEMPTS: usize = 3;
+
 pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
     let params = match JoinParams::parse(req.uri().query()) {
         Ok(p) => p,
         Err(refusal) => return refusal.into_response(),
     };
-    if let Err(m) = node
-        .ownership
-        .check(&params.meeting_id, routed_by(req.headers()))
-    {
-        node.metrics.misrouted.inc();
-        return (StatusCode::MISDIRECTED_REQUEST, m.to_string()).into_response();
+    let (parts, body) = req.into_parts();
+    if let Some(refusal) = misrouted(&node, &params, &parts.headers) {
+        return refusal;
     }
     let limit = node.settings.max_message_bytes;
-    let body = match axum::body::to_bytes(req.into_body(), limit).await {
+    let body = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
         Err(_) => {
             let reason = format!("body is over the limit of {limit} bytes\n");
@@ -38,20 +38,49 @@ pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
     };
     let from = request
         .user
-        .or(params.user)
+        .or_else(|| params.user.clone())
         .unwrap_or_else(|| "http".to_owned());
-    loop {
+    for _ in 0..ATTEMPTS {
         let room = node.rooms.get_or_create(&params.meeting_id);
         match room.publish(&from, &request.text) {
             Ok(seq) => {
                 node.metrics.events_received.inc();
                 return (StatusCode::ACCEPTED, Json(PublishAccepted { seq })).into_response();
             }
-            // The room closed under us (it moved or idled out): if it moved,
-            // the ownership check refuses on the next request; retry once here.
-            Err(_) => node.rooms.remove(&room),
+            // The room closed under us. If it moved away (or the node is
+            // stopping), a room made here now would swallow the message
+            // unseen: refuse, so the client retries through the balancer.
+            // If it only idled out, publish into a fresh one.
+            Err(_) => {
+                node.rooms.remove(&room);
+                if node.is_draining() {
+                    break;
+                }
+                if let Some(refusal) = misrouted(&node, &params, &parts.headers) {
+                    return refusal;
+                }
+            }
         }
     }
+    moving()
+}
+
+/// The 421 for a meeting another node owns.
+fn misrouted(node: &Node, params: &JoinParams, headers: &HeaderMap) -> Option<Response> {
+    let m = node
+        .ownership
+        .check(&params.meeting_id, routed_by(headers))
+        .err()?;
+    node.metrics.misrouted.inc();
+    Some((StatusCode::MISDIRECTED_REQUEST, m.to_string()).into_response())
+}
+
+fn moving() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not published: the meeting is moving or the node is stopping; retry shortly\n",
+    )
+        .into_response()
 }
 
 fn parse(body: &Bytes) -> Result<PublishRequest, (StatusCode, String)> {
