@@ -13,6 +13,18 @@ use std::time::Duration;
 
 use crate::routing::Membership;
 
+/// The outcome of one probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    Ok,
+    /// No answer in time, refused, or an error status: maybe a blip, so it
+    /// counts toward `unhealthy_after`.
+    Failed,
+    /// 503: the node says it is draining. That is no blip: it leaves the
+    /// ring at once, so its rooms move while it still hands them over.
+    Draining,
+}
+
 /// Probe cadence while some member is suspect.
 const SUSPECT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -61,21 +73,24 @@ impl HealthChecker {
         let routing = self.membership.routing();
         let timeout = Duration::from_millis(routing.config.health.timeout_ms);
         let probes = routing.config.upstreams.iter().map(|u| async move {
-            let ok = self.probe(&u.addr, timeout).await;
-            (u.id.clone(), ok)
+            let check = self.probe(&u.addr, timeout).await;
+            (u.id.clone(), check)
         });
-        for (id, ok) in futures_util::future::join_all(probes).await {
-            self.membership.record_check(&id, ok);
+        for (id, check) in futures_util::future::join_all(probes).await {
+            self.membership.record_check(&id, check);
         }
     }
 
-    async fn probe(&self, addr: &str, timeout: Duration) -> bool {
+    async fn probe(&self, addr: &str, timeout: Duration) -> Check {
         let Ok(uri) = format!("http://{addr}/healthz").parse::<http::Uri>() else {
-            return false;
+            return Check::Failed;
         };
         match tokio::time::timeout(timeout, self.client.get(uri)).await {
-            Ok(Ok(resp)) => resp.status().is_success(),
-            _ => false,
+            Ok(Ok(resp)) if resp.status().is_success() => Check::Ok,
+            Ok(Ok(resp)) if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE => {
+                Check::Draining
+            }
+            _ => Check::Failed,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+use crate::health::Check;
 use crate::metrics::Metrics;
 use roompin_shared::config::BalancerConfig;
 use roompin_shared::control::RingView;
@@ -187,7 +188,8 @@ impl Membership {
     }
 
     /// Records one active check of `id`.
-    pub fn record_check(&self, id: &str, ok: bool) {
+    pub fn record_check(&self, id: &str, check: Check) {
+        let ok = check == Check::Ok;
         let mut inner = self.inner.lock();
         let (unhealthy_after, healthy_after) = (
             inner.config.health.unhealthy_after,
@@ -205,6 +207,7 @@ impl Membership {
             track.ok_streak = 0;
         }
         let next = match (track.health, ok) {
+            (_, false) if check == Check::Draining => Health::Unhealthy,
             // A member never seen is decided by its first check.
             (Health::Unknown, true) => Health::Healthy,
             (Health::Unknown, false) => Health::Unhealthy,

@@ -90,7 +90,8 @@ pub struct UpstreamConfig {
 pub struct HealthConfig {
     pub interval_ms: u64,
     pub timeout_ms: u64,
-    /// Consecutive failures before a node leaves the ring.
+    /// Consecutive failures before a node leaves the ring. A node that
+    /// answers 503 (draining) leaves at once.
     pub unhealthy_after: u32,
     /// Consecutive successes before a node returns; the guard against flapping.
     pub healthy_after: u32,

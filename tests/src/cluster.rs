@@ -29,8 +29,11 @@ impl Default for ClusterOptions {
         ClusterOptions {
             nodes: 3,
             node_toml: String::new(),
+            // Quick checks, but a patient timeout: under a reconnect storm a
+            // debug-build node can be slow to answer, and a dead node is
+            // found at once anyway (its connect is refused).
             health_toml:
-                "interval_ms = 200\ntimeout_ms = 200\nunhealthy_after = 2\nhealthy_after = 2\n"
+                "interval_ms = 200\ntimeout_ms = 1000\nunhealthy_after = 3\nhealthy_after = 2\n"
                     .into(),
             control: true,
         }

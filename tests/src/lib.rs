@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod process;
 pub mod reconnect;
 pub mod sse;
+pub mod traffic;
 pub mod ws;
 
 pub use cluster::{BalancerProc, Cluster, ClusterOptions};
