@@ -102,6 +102,11 @@ impl Endpoint {
             TcpSocket::new_v6()
         }
         .context("cannot create a socket")?;
+        // Lets a bound source port be reused while an earlier connection
+        // from it sits in TIME_WAIT, which a long churn run piles up.
+        socket
+            .set_reuseaddr(true)
+            .context("cannot set SO_REUSEADDR")?;
         let source = self.sources.next();
         if let Some(ip) = source {
             socket

@@ -23,7 +23,7 @@ impl Progress {
                 ProgressDrawTarget::stderr_with_hz(4),
             );
             let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}",
+                "{spinner} {elapsed_precise} [{bar:24}] {percent:>3}% {msg}",
             );
             if let Ok(style) = style {
                 bar.set_style(style);

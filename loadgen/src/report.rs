@@ -30,6 +30,9 @@ pub struct Report {
     pub connections: Connections,
     pub sent: u64,
     pub send_errors: u64,
+    /// Sends due in the window but not made by its end: the publisher fell
+    /// behind (see latency) or lost its connection.
+    pub unsent: u64,
     /// Chat messages received, all members together.
     pub received: u64,
     /// All frames (or SSE events) received, welcome/join/leave included.
@@ -199,6 +202,7 @@ impl Report {
             },
             sent: c.sent,
             send_errors: c.send_errors,
+            unsent: c.unsent,
             received: c.received,
             frames_received: c.frames,
             expected: has_rooms_expectation.then(|| m.rooms.values().map(|r| r.expected()).sum()),
@@ -292,5 +296,83 @@ impl Report {
             ProtocolKind::Plain => "plain",
         };
         format!("{p}/{t}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::stats::{new_histogram, Counts, RoomTally};
+    use clap::Parser;
+
+    fn report(args: &[&str], counts: Counts, room: RoomTally) -> Report {
+        let cli = Cli::try_parse_from(std::iter::once("lg").chain(args.iter().copied()));
+        let Ok(cli) = cli else {
+            panic!("bad test args {args:?}")
+        };
+        let Ok(plan) = Plan::new(&cli.mode) else {
+            panic!("bad plan {args:?}")
+        };
+        let merged = Merged {
+            counts,
+            latency: new_histogram(),
+            connect_latency: new_histogram(),
+            rooms: [(0, room)].into(),
+            errors: Default::default(),
+        };
+        let facts = RunFacts {
+            started_unix_ms: 0,
+            wall_s: 1.0,
+            source_ips: "none".into(),
+            room_prefix: "p".into(),
+            processes: vec![],
+        };
+        Report::build(&cli.mode, &plan, &merged, facts)
+    }
+
+    fn room() -> RoomTally {
+        RoomTally {
+            sent: 10,
+            max_message_seq: 14,
+            steady: 3,
+            steady_received: 27,
+            last_seqs: [(14, 2), (12, 1)].into(),
+        }
+    }
+
+    #[test]
+    fn roompin_loss_is_gaps_plus_tail() {
+        let counts = Counts {
+            seq_gaps: 1,
+            duplicates: 2,
+            ..Default::default()
+        };
+        let r = report(&["fanout"], counts, room());
+        assert_eq!((r.loss.method, r.lost, r.duplicates), ("seq", 1 + 2, 2));
+        assert_eq!((r.expected, r.received_by_steady), (Some(30), Some(27)));
+    }
+
+    #[test]
+    fn plain_loss_is_counted() {
+        let r = report(
+            &["fanout", "--protocol", "plain"],
+            Counts::default(),
+            room(),
+        );
+        assert_eq!((r.loss.method, r.lost, r.duplicates), ("count", 3, 0));
+        let r = report(&["churn", "--protocol", "plain"], Counts::default(), room());
+        assert_eq!((r.loss.method, r.lost), ("none", 0));
+    }
+
+    #[test]
+    fn rtt_loss_is_timeouts() {
+        let counts = Counts {
+            timeouts: 4,
+            seq_gaps: 4,
+            ..Default::default()
+        };
+        let r = report(&["rtt"], counts, RoomTally::default());
+        assert_eq!((r.loss.method, r.lost, r.expected), ("timeout", 4, None));
     }
 }

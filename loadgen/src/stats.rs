@@ -53,6 +53,9 @@ counters! {
     sent,
     /// Sends that failed (connection gone, HTTP error).
     send_errors,
+    /// Sends due in the window that were not made by its end (the sender
+    /// fell behind, or its connection failed).
+    unsent,
     /// Chat messages received, all members together.
     received,
     /// Every frame or SSE event received, including welcome/join/leave.

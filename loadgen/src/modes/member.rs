@@ -190,9 +190,14 @@ pub async fn run(ctx: Arc<Ctx>, spec: MemberSpec) {
 
 /// Sends the burst, then the schedule; stops at the first failed send (the
 /// reader will see the connection end and count it).
+///
+/// Nothing is sent once the window has closed: a publisher that fell behind
+/// abandons the sends still due (counted as `unsent`), so every message that
+/// was sent had the whole drain to arrive, and a shortfall is the server's.
 async fn publish(ctx: Arc<Ctx>, spec: MemberSpec, mut tx: Tx) -> Published {
     let c = &ctx.counters;
     let protocol = ctx.endpoint.protocol;
+    let window_end = ctx.timeline.measure_end;
     let mut out = Published {
         tx: client::Tx::Listen,
         sent: 0,
@@ -204,12 +209,17 @@ async fn publish(ctx: Arc<Ctx>, spec: MemberSpec, mut tx: Tx) -> Published {
         .into_iter()
         .flat_map(|s| (0..).map_while(move |k| s.at(k)))
         .map(Some);
-    for intended in burst.chain(scheduled) {
+    let mut sends = burst.chain(scheduled);
+    for intended in sends.by_ref() {
+        if let Some(at) = intended {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        if Instant::now() >= window_end {
+            Counters::inc(&c.unsent);
+            break;
+        }
         let stamp_nanos = match intended {
-            Some(at) => {
-                tokio::time::sleep_until(at.into()).await;
-                ctx.timeline.unix_nanos_at(at)
-            }
+            Some(at) => ctx.timeline.unix_nanos_at(at),
             None => stamp::unix_nanos(),
         };
         let text = stamp::make(stamp_nanos, spec.payload);
@@ -226,6 +236,8 @@ async fn publish(ctx: Arc<Ctx>, spec: MemberSpec, mut tx: Tx) -> Published {
             }
         }
     }
+    // Whatever is left of the schedule was due but never sent.
+    Counters::add(&c.unsent, sends.count() as u64);
     out.tx = tx;
     out
 }

@@ -106,6 +106,17 @@ impl Conn {
                 break;
             }
             tokio::time::sleep_until(intended.into()).await;
+            // Behind schedule past the window's end: the rest was due but
+            // will not be sent (each would only time out in the drain).
+            if Instant::now() >= t.measure_end {
+                if let Some(i) = self.interval {
+                    let left = (t.measure_end - intended)
+                        .as_nanos()
+                        .div_ceil(i.as_nanos().max(1));
+                    Counters::add(&c.unsent, left as u64);
+                }
+                break;
+            }
             let intended_nanos = t.unix_nanos_at(intended);
             let text = stamp::make(intended_nanos, self.payload);
             if let Err(e) = tx.send(protocol, &text).await {
