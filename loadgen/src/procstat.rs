@@ -49,6 +49,23 @@ fn clock_ticks() -> f64 {
     }
 }
 
+/// CPU seconds of this process and of its waited-for children (the worker
+/// processes): on a small machine the loadgen competes with the server, and
+/// a result is only about the server if the loadgen had CPU to spare.
+pub fn own_cpu_seconds() -> f64 {
+    let used = |who| {
+        // SAFETY: getrusage fills the struct we pass and nothing else.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+            return 0.0;
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(ru.ru_utime) + secs(ru.ru_stime)
+    };
+    let total = used(libc::RUSAGE_SELF) + used(libc::RUSAGE_CHILDREN);
+    (total * 1000.0).round() / 1000.0
+}
+
 /// The readings of one process at the run's milestones.
 #[derive(Debug, Clone, Default)]
 pub struct Watch {

@@ -50,6 +50,8 @@ pub struct Report {
     /// `received` per second of the measured window.
     pub delivered_per_sec: f64,
     pub processes: Vec<ProcessReport>,
+    /// CPU seconds the loadgen itself used, workers included.
+    pub loadgen_cpu_seconds: f64,
     /// Errors by kind, most frequent first.
     pub errors: Vec<ErrorCount>,
 }
@@ -144,6 +146,7 @@ pub struct RunFacts {
     pub source_ips: String,
     pub room_prefix: String,
     pub processes: Vec<ProcessReport>,
+    pub loadgen_cpu_seconds: f64,
 }
 
 impl Report {
@@ -152,12 +155,8 @@ impl Report {
         let c = &m.counts;
         let seq = crate::protocol::Protocol(common.protocol).has_seq();
         let tail: u64 = m.rooms.values().map(|r| r.tail_lost()).sum();
-        let mut shortfall = 0;
-        let mut surplus = 0;
-        for r in m.rooms.values() {
-            shortfall += r.expected().saturating_sub(r.steady_received);
-            surplus += r.steady_received.saturating_sub(r.expected());
-        }
+        let shortfall: u64 = m.rooms.values().map(|r| r.shortfall()).sum();
+        let surplus: u64 = m.rooms.values().map(|r| r.surplus()).sum();
         let has_rooms_expectation = matches!(mode, Mode::Fanout(_) | Mode::Churn(_));
         let (method, lost, duplicates) = match mode {
             Mode::Rtt(_) => ("timeout", c.timeouts, c.duplicates),
@@ -227,6 +226,7 @@ impl Report {
                 0.0
             },
             processes: facts.processes,
+            loadgen_cpu_seconds: facts.loadgen_cpu_seconds,
             errors: {
                 let mut v: Vec<_> = m
                     .errors
@@ -270,6 +270,10 @@ impl Report {
             l.p999_us,
             l.max_us
         );
+        s.push_str(&format!(
+            "\nloadgen cpu {:.2} s over {:.1} s",
+            self.loadgen_cpu_seconds, self.wall_s
+        ));
         for p in &self.processes {
             s.push_str(&format!(
                 "\npid {}: cpu {:.2} s (window {:.2} s), rss {} → {} KiB",
@@ -327,6 +331,7 @@ mod tests {
             source_ips: "none".into(),
             room_prefix: "p".into(),
             processes: vec![],
+            loadgen_cpu_seconds: 0.0,
         };
         Report::build(&cli.mode, &plan, &merged, facts)
     }
@@ -337,6 +342,7 @@ mod tests {
             max_message_seq: 14,
             steady: 3,
             steady_received: 27,
+            steady_gaps: 1,
             last_seqs: [(14, 2), (12, 1)].into(),
         }
     }

@@ -109,6 +109,7 @@ pub async fn parent(mode: Mode, plan: Plan) -> anyhow::Result<ExitCode> {
             source_ips: sources.describe(),
             room_prefix: prefix,
             processes,
+            loadgen_cpu_seconds: procstat::own_cpu_seconds(),
         },
     );
     let json = serde_json::to_string_pretty(&report)?;

@@ -189,14 +189,22 @@ impl SeqTracker {
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RoomTally {
     /// Messages published into the room.
+    #[serde(default)]
     pub sent: u64,
     /// Highest message seq anyone saw (or a POST returned).
+    #[serde(default)]
     pub max_message_seq: u64,
     /// Members connected before the window and still there after the drain.
+    #[serde(default)]
     pub steady: u64,
     /// Messages those steady members received.
+    #[serde(default)]
     pub steady_received: u64,
+    /// Seq gaps those steady members saw.
+    #[serde(default)]
+    pub steady_gaps: u64,
     /// How many steady members ended on each last seq (usually one entry).
+    #[serde(default)]
     pub last_seqs: BTreeMap<u64, u64>,
 }
 
@@ -206,22 +214,40 @@ impl RoomTally {
         self.max_message_seq = self.max_message_seq.max(o.max_message_seq);
         self.steady += o.steady;
         self.steady_received += o.steady_received;
+        self.steady_gaps += o.steady_gaps;
         for (seq, n) in &o.last_seqs {
             *self.last_seqs.entry(*seq).or_default() += n;
         }
     }
 
-    /// Seqs up to the room's last message that steady members never saw.
+    /// Seqs at the end of the stream that steady members never saw, which
+    /// no later seq reveals as a gap. Two lower bounds, the larger wins:
+    /// seqs after each member's last one up to the room's last message seq
+    /// that *anyone* saw (blind when the whole room is behind), and messages
+    /// published but not received that the gaps do not already explain.
     pub fn tail_lost(&self) -> u64 {
-        self.last_seqs
+        let by_seq: u64 = self
+            .last_seqs
             .iter()
             .map(|(last, n)| self.max_message_seq.saturating_sub(*last) * n)
-            .sum()
+            .sum();
+        let by_count = self.shortfall().saturating_sub(self.steady_gaps);
+        by_seq.max(by_count)
     }
 
     /// What steady members should have received between them.
     pub fn expected(&self) -> u64 {
         self.sent * self.steady
+    }
+
+    /// Messages steady members should have received and did not.
+    pub fn shortfall(&self) -> u64 {
+        self.expected().saturating_sub(self.steady_received)
+    }
+
+    /// Messages steady members received beyond what was published.
+    pub fn surplus(&self) -> u64 {
+        self.steady_received.saturating_sub(self.expected())
     }
 }
 
@@ -344,6 +370,7 @@ mod tests {
             max_message_seq: 12,
             steady: 2,
             steady_received: 20,
+            steady_gaps: 0,
             last_seqs: [(12, 2)].into(),
         };
         let b = RoomTally {
@@ -351,11 +378,24 @@ mod tests {
             max_message_seq: 14,
             steady: 1,
             steady_received: 9,
+            steady_gaps: 0,
             last_seqs: [(13, 1)].into(),
         };
         a.add(&b);
+        // By seq: members on 12 miss 13 and 14, the one on 13 misses 14.
         assert_eq!(a.tail_lost(), 2 * 2 + 1);
         assert_eq!(a.expected(), 30);
+        // The whole room behind: nobody saw the last 4 messages, so only
+        // the count shows them.
+        let behind = RoomTally {
+            sent: 10,
+            max_message_seq: 6,
+            steady: 2,
+            steady_received: 12,
+            steady_gaps: 0,
+            last_seqs: [(6, 2)].into(),
+        };
+        assert_eq!(behind.tail_lost(), 8);
     }
 
     #[test]

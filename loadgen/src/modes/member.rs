@@ -177,6 +177,7 @@ pub async fn run(ctx: Arc<Ctx>, spec: MemberSpec) {
         if steady {
             t.steady += 1;
             t.steady_received += received;
+            t.steady_gaps += seqs.gaps;
             *t.last_seqs.entry(seqs.last).or_default() += 1;
         }
     });
