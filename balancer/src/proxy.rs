@@ -237,8 +237,12 @@ impl ProxyHttp for Proxy {
                     .with_label_values(&[&upstream.id])
                     .inc();
             }
-            let reason = format!("chat node unavailable: {}\n", e.etype().as_str());
-            let _ = respond(session, code, &reason).await;
+            // A tunnel or stream that has started (101, or an SSE 200) just
+            // ends: an error text now would land inside its data.
+            if session.response_written().is_none() {
+                let reason = format!("chat node unavailable: {}\n", e.etype().as_str());
+                let _ = respond(session, code, &reason).await;
+            }
         }
         pingora::proxy::FailToProxy {
             error_code: code,

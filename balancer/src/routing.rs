@@ -92,7 +92,14 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(config: BalancerConfig, metrics: Metrics) -> Arc<Membership> {
-        let balancer_id = config.balancer_id();
+        // The view's source names this process, not just this balancer: a
+        // restarted balancer counts its epochs from 1 again, and nodes would
+        // otherwise keep the dead process's higher epoch and ignore the new
+        // one. The old instance's view goes stale after three pushes.
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let balancer_id = format!("{}@{started}", config.balancer_id());
         let config = Arc::new(config);
         let tracks = config
             .upstreams

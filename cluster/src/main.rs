@@ -158,7 +158,7 @@ fn report_exits(started: &mut Vec<Started>) {
     });
 }
 
-async fn wait_healthy(url: &str, started: &mut Vec<Started>) -> anyhow::Result<()> {
+async fn wait_healthy(url: &str, started: &mut [Started]) -> anyhow::Result<()> {
     for _ in 0..300 {
         if let Ok(resp) = reqwest::get(url).await {
             if resp.status().is_success() {

@@ -13,10 +13,11 @@ use crate::node::Node;
 use roompin_shared::control::{Handoff, RingView, AUTHORIZATION};
 use roompin_shared::MeetingId;
 
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
+/// Why a control request is refused, or `None` if it is authorized.
+fn refusal(node: &Node, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &node.settings.control_token else {
         let reason = "control endpoint disabled: this node has no control_token\n";
-        return Err((StatusCode::FORBIDDEN, reason).into_response());
+        return Some((StatusCode::FORBIDDEN, reason).into_response());
     };
     let sent = headers
         .get(AUTHORIZATION)
@@ -30,11 +31,7 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     });
-    if ok {
-        Ok(())
-    } else {
-        Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response())
-    }
+    (!ok).then(|| (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response())
 }
 
 /// A balancer's new ownership view. Rooms this node no longer owns move.
@@ -43,7 +40,7 @@ pub async fn view(
     headers: HeaderMap,
     Json(view): Json<RingView>,
 ) -> Response {
-    if let Err(refusal) = authorize(&node, &headers) {
+    if let Some(refusal) = refusal(&node, &headers) {
         return refusal;
     }
     let (epoch, source) = (view.epoch, view.source.clone());
@@ -51,7 +48,7 @@ pub async fn view(
     // Re-checked on every push, not only on new epochs: a view that went
     // stale (its balancer stopped) may be what kept a room here.
     let moved = if applied {
-        node.ownership.evict_lost_rooms(&node)
+        node.ownership.evict_lost_rooms(&node).await
     } else {
         0
     };
@@ -65,7 +62,7 @@ pub async fn handoff(
     headers: HeaderMap,
     Json(h): Json<Handoff>,
 ) -> Response {
-    if let Err(refusal) = authorize(&node, &headers) {
+    if let Some(refusal) = refusal(&node, &headers) {
         return refusal;
     }
     let meeting = match MeetingId::parse(&h.meeting_id, "meeting_id") {

@@ -17,6 +17,7 @@ mod writer;
 mod ws;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +96,16 @@ async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyhow::
     });
     node.tasks.spawn(shutdown::on_signals(node.clone()));
 
+    let user_timeout = Duration::from_millis(node.settings.tcp_user_timeout_ms);
+    let listener = listener.tap_io(move |tcp| {
+        let sock = socket2::SockRef::from(&*tcp);
+        if let Err(e) = tcp
+            .set_nodelay(true)
+            .and_then(|()| sock.set_tcp_user_timeout(Some(user_timeout)))
+        {
+            tracing::debug!(error = %e, "cannot set socket options");
+        }
+    });
     let stop = node.shutdown.clone();
     axum::serve(listener, http::router(node.clone()))
         .with_graceful_shutdown(async move { stop.cancelled().await })

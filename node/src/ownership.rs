@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::node::Node;
+use crate::room::Room;
 use roompin_shared::control::{Handoff, RingView, RoutedBy, AUTHORIZATION, HANDOFF_PATH};
 use roompin_shared::protocol::close;
 use roompin_shared::{MeetingId, Ring};
@@ -48,6 +49,9 @@ impl std::fmt::Display for Misrouted {
         )
     }
 }
+
+/// How long a new owner may take to answer before its rooms stay here.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct Ownership {
     node_id: String,
@@ -161,6 +165,11 @@ impl Ownership {
         newest
     }
 
+    /// Whether any balancer's view is fresh.
+    pub fn has_views(&self) -> bool {
+        !self.fresh().is_empty()
+    }
+
     /// Whether every fresh view routes nothing to this node any more.
     pub fn routed_away(&self) -> bool {
         let views = self.fresh();
@@ -170,41 +179,79 @@ impl Ownership {
                 .all(|v| !v.view.healthy.contains(&self.node_id))
     }
 
-    /// Moves every room that all fresh views give to another node; returns
-    /// how many moved.
-    pub fn evict_lost_rooms(&self, node: &Arc<Node>) -> usize {
+    /// Moves every room that all fresh views give to another node, if that
+    /// node answers; returns how many moved.
+    ///
+    /// A view can still name an owner that has just died (the balancer has
+    /// not noticed yet, and sent this node the dead owner's clients with
+    /// `x-roompin-skipped`). Handing a room to it would fail and bounce the
+    /// room's clients for nothing, so each target is probed first, once per
+    /// round; a room whose owner does not answer stays until the next push.
+    pub async fn evict_lost_rooms(&self, node: &Arc<Node>) -> usize {
         let views = self.fresh();
         if views.is_empty() {
             return 0;
         }
-        let mut moved = 0;
+        let mut by_owner: HashMap<String, (String, Vec<Arc<Room>>)> = HashMap::new();
         for room in node.rooms.all() {
             let Some((owner_id, view)) = self.other_owner(&views, room.meeting_id.as_str()) else {
                 continue;
             };
-            let Some(addr) = view
-                .view
-                .members
-                .iter()
-                .find(|m| m.id == owner_id)
-                .map(|m| m.addr.clone())
-            else {
+            let Some(member) = view.view.members.iter().find(|m| m.id == owner_id) else {
                 continue;
             };
-            let (handoff, members) = room.close_for_move();
-            node.rooms.remove(&room);
-            moved += 1;
-            node.metrics.rooms_moved.inc();
-            tracing::info!(meeting = %room.meeting_id, to = %owner_id, members = members.len(), "room moved");
-            let node = node.clone();
-            node.tasks.clone().spawn(async move {
-                node.ownership.send_handoff(&node, &addr, &handoff).await;
-                for m in members {
-                    m.kick.kick(close::ROOM_MOVED);
-                }
-            });
+            by_owner
+                .entry(member.id.clone())
+                .or_insert_with(|| (member.addr.clone(), Vec::new()))
+                .1
+                .push(room);
+        }
+        let probes = by_owner.into_values().map(|(addr, rooms)| async move {
+            let up = self.answers(&addr).await;
+            (addr, rooms, up)
+        });
+        let mut moved = 0;
+        for (addr, rooms, up) in futures_util::future::join_all(probes).await {
+            if !up {
+                tracing::warn!(%addr, rooms = rooms.len(), "new owner does not answer; keeping its rooms for now");
+                continue;
+            }
+            for room in rooms {
+                moved += usize::from(self.move_room(node, &room, &addr));
+            }
         }
         moved
+    }
+
+    /// Returns false if the room was already moved by a concurrent push.
+    fn move_room(&self, node: &Arc<Node>, room: &Arc<Room>, addr: &str) -> bool {
+        let Some((handoff, members)) = room.close_for_move() else {
+            return false;
+        };
+        node.rooms.remove(room);
+        node.metrics.rooms_moved.inc();
+        tracing::info!(meeting = %room.meeting_id, to = %addr, members = members.len(), "room moved");
+        let (node, addr) = (node.clone(), addr.to_owned());
+        node.tasks.clone().spawn(async move {
+            node.ownership.send_handoff(&node, &addr, &handoff).await;
+            for m in members {
+                m.kick.kick(close::ROOM_MOVED);
+            }
+        });
+        true
+    }
+
+    /// Whether the node at `addr` answers `/healthz` with 200.
+    async fn answers(&self, addr: &str) -> bool {
+        let Ok(req) =
+            http::Request::get(format!("http://{addr}/healthz")).body(Full::new(Bytes::new()))
+        else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await,
+            Ok(Ok(resp)) if resp.status().is_success()
+        )
     }
 
     /// Best effort: the clients are moved either way; without history the

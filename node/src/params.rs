@@ -7,6 +7,8 @@ use roompin_shared::meeting_id::query_param;
 use roompin_shared::protocol::MAX_USER_CHARS;
 use roompin_shared::MeetingId;
 
+use crate::room::Resume;
+
 /// The node always reads `meeting_id`; the balancer's `hash_param` only
 /// chooses what the balancer hashes.
 pub const MEETING_PARAM: &str = "meeting_id";
@@ -15,6 +17,8 @@ pub struct JoinParams {
     pub meeting_id: MeetingId,
     pub user: Option<String>,
     pub since: Option<u64>,
+    /// The incarnation `since` belongs to (`welcome.room`).
+    pub room: Option<String>,
 }
 
 pub type Refusal = (StatusCode, String);
@@ -36,10 +40,29 @@ impl JoinParams {
                     .map_err(|_| bad(format!("`since` must be a whole number, got {s:?}")))
             })
             .transpose()?;
+        let room = query_param(query, "room").map_err(|e| bad(e.to_string()))?;
+        let room = room
+            .map(|r| {
+                let ok =
+                    !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric());
+                ok.then(|| r.into_owned()).ok_or_else(|| {
+                    bad("`room` must be the `room` of a welcome: 1-64 letters and digits")
+                })
+            })
+            .transpose()?;
         Ok(JoinParams {
             meeting_id,
             user,
             since,
+            room,
+        })
+    }
+
+    /// Where the client left off, if it is resuming.
+    pub fn resume(&self) -> Option<Resume<'_>> {
+        self.since.map(|since| Resume {
+            since,
+            room: self.room.as_deref(),
         })
     }
 }

@@ -31,6 +31,15 @@ pub struct MemberHandle {
 #[derive(Debug)]
 pub struct Closed;
 
+/// Where a reconnecting member left off.
+#[derive(Clone, Copy, Debug)]
+pub struct Resume<'a> {
+    /// The last seq it saw.
+    pub since: u64,
+    /// The incarnation that seq belongs to, if the client said.
+    pub room: Option<&'a str>,
+}
+
 /// What a new member gets before the live stream.
 pub struct Joined {
     pub welcome: Arc<Event>,
@@ -48,6 +57,8 @@ pub struct Room {
 }
 
 struct State {
+    /// The room's incarnation id: see `ServerEvent::Welcome::room`.
+    incarnation: String,
     seq: u64,
     members: Vec<MemberHandle>,
     history: VecDeque<Arc<Event>>,
@@ -71,6 +82,7 @@ impl Room {
             budget,
             metrics,
             state: Mutex::new(State {
+                incarnation: format!("{:016x}", rand::random::<u64>()),
                 seq: 0,
                 members: Vec::new(),
                 history: VecDeque::new(),
@@ -84,15 +96,27 @@ impl Room {
     /// Adds a member. Its welcome carries the seq *before* its own join, and
     /// its own join event reaches it too, so from the welcome on it sees seqs
     /// rise by exactly one.
-    /// A closed room hands the member back, to join the room that replaced it.
-    pub fn join(&self, member: MemberHandle, since: Option<u64>) -> Result<Joined, MemberHandle> {
+    ///
+    /// A resume (`since`) from this incarnation replays what came after it;
+    /// from another incarnation (`room` differs: the client's seqs count in a
+    /// numbering this room does not share) it replays all retained history,
+    /// with `recovered: false`. A closed room hands the member back, to join
+    /// the room that replaced it.
+    pub fn join(
+        &self,
+        member: MemberHandle,
+        resume: Option<Resume<'_>>,
+    ) -> Result<Joined, MemberHandle> {
         let mut st = self.state.lock();
         if st.closed {
             return Err(member);
         }
-        let (replay, recovered) = match since {
+        let (replay, recovered) = match resume {
             None => (Vec::new(), None),
-            Some(since) => {
+            Some(r) if r.room.is_some_and(|room| room != st.incarnation) => {
+                (st.history.iter().cloned().collect(), Some(false))
+            }
+            Some(Resume { since, .. }) => {
                 let oldest = st.history.front().map_or(st.seq + 1, |e| e.seq);
                 let recovered = since <= st.seq && oldest <= since + 1;
                 let replay = st
@@ -108,6 +132,7 @@ impl Room {
             meeting_id: self.meeting_id.to_string(),
             node: self.node_id.to_string(),
             conn_id: member.conn_id.to_string(),
+            room: st.incarnation.clone(),
             seq: st.seq,
             members: st.members.len() + 1,
             recovered,
@@ -157,11 +182,16 @@ impl Room {
     /// Closes the room for a move: no one can join or publish any more. The
     /// caller sends the handoff to the new owner, then kicks the returned
     /// members with 4001, so they reconnect only once their history is there.
-    pub fn close_for_move(&self) -> (Handoff, Vec<MemberHandle>) {
+    /// `None` if the room was closed already (another push moved it).
+    pub fn close_for_move(&self) -> Option<(Handoff, Vec<MemberHandle>)> {
         let mut st = self.state.lock();
+        if st.closed {
+            return None;
+        }
         st.closed = true;
         let handoff = Handoff {
             meeting_id: self.meeting_id.to_string(),
+            room: st.incarnation.clone(),
             seq: st.seq,
             events: st
                 .history
@@ -171,7 +201,7 @@ impl Room {
         };
         let members = std::mem::take(&mut st.members);
         self.release_history(&mut st);
-        (handoff, members)
+        Some((handoff, members))
     }
 
     /// Takes over a moved room's seq and history, if this room has no events
@@ -183,6 +213,9 @@ impl Room {
             return false;
         }
         st.seq = handoff.seq;
+        if !handoff.room.is_empty() {
+            st.incarnation = handoff.room.clone();
+        }
         for json in &handoff.events {
             let Ok(event) = serde_json::from_str::<ServerEvent>(json) else {
                 continue;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::history::Budget;
 use crate::metrics::Metrics;
-use crate::room::{Joined, MemberHandle, Room};
+use crate::room::{Joined, MemberHandle, Resume, Room};
 use roompin_shared::MeetingId;
 
 pub struct Rooms {
@@ -58,11 +58,11 @@ impl Rooms {
         &self,
         id: &MeetingId,
         mut member: MemberHandle,
-        since: Option<u64>,
+        resume: Option<Resume<'_>>,
     ) -> (Arc<Room>, Joined) {
         loop {
             let room = self.get_or_create(id);
-            match room.join(member, since) {
+            match room.join(member, resume) {
                 Ok(joined) => return (room, joined),
                 Err(back) => {
                     self.remove(&room);

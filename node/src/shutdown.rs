@@ -41,8 +41,12 @@ async fn drain(node: &Node) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while Instant::now() < deadline {
         tick.tick().await;
-        if node.ownership.routed_away() && node.metrics.connections.get() == 0 {
-            tracing::info!(node = %node.id, "drained: the balancer routes elsewhere");
+        // Without any balancer view (a standalone node) there is nobody to
+        // wait for: done once the clients are gone.
+        if node.metrics.connections.get() == 0
+            && (node.ownership.routed_away() || !node.ownership.has_views())
+        {
+            tracing::info!(node = %node.id, "drained: no clients, and no balancer routes here");
             return;
         }
     }

@@ -62,7 +62,7 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
         tx,
         kick: kick.clone(),
     };
-    let (room, joined) = node.rooms.join(&params.meeting_id, member, params.since);
+    let (room, joined) = node.rooms.join(&params.meeting_id, member, params.resume());
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, since = ?params.since, "sse joined");
 
     let mut pending: VecDeque<Bytes> = VecDeque::new();

@@ -124,7 +124,7 @@ where
         tx: tx.clone(),
         kick: kick.clone(),
     };
-    let (room, joined) = node.rooms.join(&params.meeting_id, member, params.since);
+    let (room, joined) = node.rooms.join(&params.meeting_id, member, params.resume());
     let _open = writer::OpenConnection::new(&node.metrics);
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, since = ?params.since, "websocket joined");
 

@@ -256,6 +256,10 @@ pub struct NodeConfig {
     pub drain_timeout_ms: u64,
     /// tungstenite read buffer per connection (its default is 128 KiB).
     pub ws_read_buffer: usize,
+    /// TCP_USER_TIMEOUT of client sockets: a peer that leaves sent data
+    /// unacknowledged (it vanished, or stopped reading and shut its window)
+    /// this long is cut by the kernel, whatever the session is doing.
+    pub tcp_user_timeout_ms: u64,
     /// tungstenite write buffer per connection.
     pub ws_write_buffer: usize,
 }
@@ -276,6 +280,7 @@ impl Default for NodeConfig {
             drain_timeout_ms: 10_000,
             ws_read_buffer: 4096,
             ws_write_buffer: 0,
+            tcp_user_timeout_ms: 30_000,
         }
     }
 }
@@ -301,6 +306,7 @@ impl NodeConfig {
             ("room_idle_ms", self.room_idle_ms),
             ("sse_heartbeat_ms", self.sse_heartbeat_ms),
             ("ws_read_buffer", self.ws_read_buffer as u64),
+            ("tcp_user_timeout_ms", self.tcp_user_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {

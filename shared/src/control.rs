@@ -70,6 +70,9 @@ impl RingView {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Handoff {
     pub meeting_id: String,
+    /// The room's incarnation, kept by the new owner.
+    #[serde(default)]
+    pub room: String,
     /// The room's last seq; the new owner continues from it.
     pub seq: u64,
     /// The retained events, oldest first, as the JSON text sent to clients.

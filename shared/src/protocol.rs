@@ -103,6 +103,11 @@ pub enum ServerEvent {
         meeting_id: String,
         node: String,
         conn_id: String,
+        /// The room's incarnation: it names the numbering that `seq`s belong
+        /// to. It survives room moves (the history goes with it) and changes
+        /// when a room starts afresh (e.g. its node died). Resume with
+        /// `since=<seq>&room=<this>`.
+        room: String,
         /// The room's last seq when this connection joined (0 for a new room).
         seq: u64,
         /// Members including this connection.

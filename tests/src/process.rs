@@ -18,15 +18,52 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Path of a workspace binary; panics with a hint if it was not built.
+/// Path of a workspace binary; panics with a hint if it is missing or older
+/// than its sources (`cargo test` does not build other packages' binaries,
+/// and a stale one would test old code).
 pub fn bin(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
+    let hint = "build them first: `cargo build --workspace --bins` (scripts/test does)";
+    let built = std::fs::metadata(&path).and_then(|m| m.modified());
+    let Ok(built) = built else {
+        panic!("{} is missing: {hint}", path.display());
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crate_dir = name.trim_start_matches("roompin-");
+    for dir in [crate_dir, "shared"] {
+        if let Some(newer) = newest_source(&root.join(dir)).filter(|(t, _)| *t > built) {
+            panic!(
+                "{} is older than {}: {hint}",
+                path.display(),
+                newer.1.display()
+            );
+        }
+    }
     path
+}
+
+/// The most recently modified `.rs`, `.toml` or `.html` file below `dir`.
+fn newest_source(dir: &std::path::Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .extension()
+                .is_some_and(|e| e == "rs" || e == "toml" || e == "html")
+            {
+                if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                    if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                        newest = Some((t, p));
+                    }
+                }
+            }
+        }
+    }
+    newest
 }
 
 /// A loopback port that was free a moment ago.

@@ -4,7 +4,7 @@
 //!   with 0–250 ms of jitter);
 //! - anything else (1001, 4003, a dropped connection, a refused connect):
 //!   exponential backoff from 250 ms to 10 s with full jitter;
-//! - always resume with `since=<last seq seen>`.
+//! - always resume with `since=<last seq seen>&room=<its welcome.room>`.
 //!
 //! The member runs on its own task; the test reads its state.
 
@@ -29,6 +29,8 @@ pub struct MemberState {
     /// The node of the current (or last) connection.
     pub node: String,
     pub last_seq: Option<u64>,
+    /// The incarnation `last_seq` belongs to (`welcome.room`).
+    pub room: String,
     /// Connections that ended.
     pub disconnects: u32,
     /// Close codes received, in order (0: dropped without a close frame).
@@ -90,9 +92,12 @@ fn update(state: &Mutex<MemberState>, f: impl FnOnce(&mut MemberState)) {
 async fn run(url: String, state: Arc<Mutex<MemberState>>, mut rx: mpsc::UnboundedReceiver<String>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let since = state.lock().ok().and_then(|s| s.last_seq);
-        let url = match since {
-            Some(seq) => format!("{url}&since={seq}"),
+        let resume = state
+            .lock()
+            .ok()
+            .and_then(|s| s.last_seq.map(|seq| (seq, s.room.clone())));
+        let url = match resume {
+            Some((seq, room)) => format!("{url}&since={seq}&room={room}"),
             None => url.clone(),
         };
         let code = match session(&url, &state, &mut rx).await {
@@ -163,6 +168,7 @@ async fn session(
             s.not_recovered += 1;
             s.last_seq = None;
         }
+        s.room = welcome["room"].as_str().unwrap_or_default().to_owned();
     });
     loop {
         tokio::select! {

@@ -210,3 +210,43 @@ async fn a_slow_consumer_that_never_reads_again_is_disconnected() {
     .await;
     drop(slow);
 }
+
+/// The same for an SSE reader that never reads: its stream is never polled
+/// again once its socket is full, so only the kernel can end it
+/// (TCP_USER_TIMEOUT, here 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_reader_that_never_reads_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let node = node("stuck-sse", "send_queue = 4\ntcp_user_timeout_ms = 1000\n").await;
+    let mut publisher = connect(&node, "stuck-sse", "pub").await;
+    next(&mut publisher, "join").await;
+    // A raw SSE request whose response is never read.
+    let mut raw = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /sse?meeting_id=stuck-sse HTTP/1.1\r\nHost: {}\r\n\r\n",
+        node.addr
+    );
+    raw.write_all(request.as_bytes()).await.expect("request");
+    next(&mut publisher, "join").await;
+    let text = "x".repeat(60_000);
+    for published in 0.. {
+        assert!(published < 2000, "the SSE reader was never dropped");
+        publisher.send_text(&text).await.expect("publish");
+        if next_any(&mut publisher).await["type"] == "leave" {
+            break;
+        }
+    }
+    eventually(
+        Duration::from_secs(15),
+        "the node to close the stuck SSE stream",
+        || async { (sample(&node, "roompin_node_connections").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    drop(raw);
+}
+
+async fn next_any(c: &mut WsClient) -> Value {
+    c.recv_next().await.expect("in-order stream")
+}

@@ -200,3 +200,69 @@ async fn sse_resumes_with_last_event_id_like_since() {
         (Some(7), &json!("poster"), &json!("over http"))
     );
 }
+
+/// A room that restarts (its node died) counts seqs from 1 again, and may
+/// pass a client's old `since` before the client comes back. `room` names
+/// the numbering: a resume from another incarnation is not recovered, and
+/// gets the new room's whole history, which it has never seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_another_incarnation_is_not_recovered() {
+    let mut n = node("incarnation").await;
+    let mut a = connect(&n, "meeting_id=inc&user=a").await;
+    next(&mut a, "join").await;
+    say(&mut a, 2, "old").await;
+    let (old_room, old_seq) = (
+        a.welcome["room"].as_str().unwrap_or_default().to_owned(),
+        a.last_seq,
+    );
+    assert_eq!(old_seq, 3);
+    assert_eq!(
+        old_room.len(),
+        16,
+        "welcome carries the room's incarnation: {}",
+        a.welcome
+    );
+
+    // The node dies and comes back empty; the room restarts and its new
+    // numbering passes the client's old seq.
+    n.proc.kill9();
+    let n = NodeProc::start_on(&n.id, n.addr, n.options.clone()).await;
+    let mut b = connect(&n, "meeting_id=inc&user=b").await;
+    next(&mut b, "join").await;
+    say(&mut b, 6, "new").await;
+    let new_room = b.welcome["room"].as_str().unwrap_or_default().to_owned();
+    assert_ne!(new_room, old_room, "a restarted room has a new incarnation");
+
+    // With the old incarnation: not recovered, and the whole new history.
+    let c = connect(
+        &n,
+        &format!("meeting_id=inc&user=a&since={old_seq}&room={old_room}"),
+    )
+    .await;
+    assert_eq!(c.welcome["recovered"], false, "{}", c.welcome);
+    assert_eq!(c.welcome["room"], new_room.as_str());
+    let mut c = c;
+    let first = c.recv().await.expect("replay");
+    assert_eq!(
+        (first["seq"].as_u64(), first["type"].as_str()),
+        (Some(1), Some("join")),
+        "replay starts at the new room's first event: {first}"
+    );
+
+    // With the new incarnation and the same seq: exactly what came after it.
+    let mut d = connect(
+        &n,
+        &format!("meeting_id=inc&user=d&since={old_seq}&room={new_room}"),
+    )
+    .await;
+    assert_eq!(d.welcome["recovered"], true, "{}", d.welcome);
+    let replayed = d.recv().await.expect("replay");
+    assert_eq!(replayed["seq"].as_u64(), Some(old_seq + 1));
+
+    // A malformed room is refused before anything else.
+    let (status, body) = roompin_tests::get(&n.url("/sse?meeting_id=inc&since=1&room=no%20way"))
+        .await
+        .expect("get");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("room"), "{body}");
+}
