@@ -203,6 +203,10 @@ pub enum ProtocolKind {
     Roompin,
     /// Raw text frames broadcast to the room; no welcome, no seqs.
     Plain,
+    /// Socket.IO v4 over Engine.IO v4, WebSocket transport only: connect to
+    /// the default namespace, publish `42["m",text]`, receive the same from
+    /// the room. Use `--ws-path /socket.io/`.
+    Socketio,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

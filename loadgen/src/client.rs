@@ -133,7 +133,7 @@ impl Endpoint {
         publishes: bool,
     ) -> anyhow::Result<Conn> {
         let query = self.protocol.query(meeting, user);
-        let (tx, mut rx) = match self.transport {
+        let (tx, rx) = match self.transport {
             Transport::Ws => {
                 let url = self.target.ws_url(&format!("{}?{query}", self.ws_path));
                 let stream = self.tcp().await?;
@@ -172,6 +172,7 @@ impl Endpoint {
                 (tx, Rx::Sse(rx))
             }
         };
+        let (tx, mut rx) = self.socketio_handshake(tx, rx).await?;
         let welcome_seq = if self.protocol.has_welcome() {
             let first = rx
                 .next()
@@ -189,6 +190,44 @@ impl Endpoint {
             rx,
             welcome_seq,
         })
+    }
+
+    /// Socket.IO: Engine.IO's open packet, then join the default namespace
+    /// (`40`) and wait for its ack. Engine.IO pings (`2`) are not answered:
+    /// the bench's Socket.IO server pings less often than a run lasts.
+    async fn socketio_handshake(&self, mut tx: Tx, mut rx: Rx) -> anyhow::Result<(Tx, Rx)> {
+        let Some(connect) = self.protocol.socketio_connect() else {
+            return Ok((tx, rx));
+        };
+        let open = rx
+            .next()
+            .await
+            .context("the server closed before Engine.IO's open packet")??;
+        if !open.as_str().starts_with('0') {
+            bail!(
+                "expected Engine.IO's open packet, got {:.200}",
+                open.as_str()
+            );
+        }
+        match &mut tx {
+            Tx::Ws(sink) => sink
+                .send(Message::text(connect))
+                .await
+                .context("websocket send failed")?,
+            _ => bail!("Socket.IO needs the WebSocket transport"),
+        }
+        // Bounded by the caller's connect timeout.
+        loop {
+            let frame = rx
+                .next()
+                .await
+                .context("the server closed before the namespace connect ack")??;
+            match frame.as_str() {
+                f if f.starts_with("40") => return Ok((tx, rx)),
+                f if f.starts_with("44") => bail!("namespace connect refused: {f:.200}"),
+                _ => continue,
+            }
+        }
     }
 
     async fn http1<B>(&self) -> anyhow::Result<http1::SendRequest<B>>

@@ -43,10 +43,23 @@ impl Protocol {
     }
 
     /// The query string that puts a member named `user` in room `meeting`.
-    /// Both protocols read the room from `meeting_id`: the plain server the
-    /// bench compares against is written to take the same URL.
+    /// Every protocol reads the room from `meeting_id`: the plain and
+    /// Socket.IO servers the bench compares against are written to take the
+    /// same URL (Socket.IO's handshake query, plus Engine.IO's own fields).
     pub fn query(self, meeting: &str, user: &str) -> String {
-        format!("meeting_id={meeting}&user={user}")
+        match self.0 {
+            ProtocolKind::Socketio => {
+                format!("EIO=4&transport=websocket&meeting_id={meeting}&user={user}")
+            }
+            _ => format!("meeting_id={meeting}&user={user}"),
+        }
+    }
+
+    /// Socket.IO only: the frames of the connect handshake. The server opens
+    /// with an Engine.IO `0{...}`; the client asks for the default namespace
+    /// with `40` and is in once the server answers `40{"sid":...}`.
+    pub fn socketio_connect(self) -> Option<&'static str> {
+        matches!(self.0, ProtocolKind::Socketio).then_some("40")
     }
 
     /// The WebSocket text frame that publishes `text`.
@@ -58,6 +71,10 @@ impl Protocol {
                 format!("{{\"type\":\"message\",\"text\":{text}}}")
             }
             ProtocolKind::Plain => text.to_owned(),
+            ProtocolKind::Socketio => {
+                let text = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+                format!("42[\"m\",{text}]")
+            }
         }
     }
 
@@ -73,7 +90,36 @@ impl Protocol {
                 seq: None,
                 text: Cow::Borrowed(frame),
             },
+            ProtocolKind::Socketio => decode_socketio(frame),
         }
+    }
+}
+
+/// Socket.IO v4: `42["m","text"]` is an event on the default namespace.
+/// Engine.IO control packets (`0` open, `2` ping, `40` connect ack) are not
+/// chat traffic.
+fn decode_socketio(frame: &str) -> Incoming<'_> {
+    let Some(args) = frame.strip_prefix("42") else {
+        return Incoming::Other;
+    };
+    // Fast path for the texts the loadgen sends (no escapes): borrow.
+    if let Some(text) = args
+        .strip_prefix("[\"m\",\"")
+        .and_then(|t| t.strip_suffix("\"]"))
+    {
+        if !text.contains(['\\', '"']) {
+            return Incoming::Message {
+                seq: None,
+                text: Cow::Borrowed(text),
+            };
+        }
+    }
+    match serde_json::from_str::<(String, String)>(args) {
+        Ok((event, text)) if event == "m" => Incoming::Message {
+            seq: None,
+            text: Cow::Owned(text),
+        },
+        _ => Incoming::Other,
     }
 }
 
@@ -115,6 +161,30 @@ mod tests {
 
     const V1: Protocol = Protocol(ProtocolKind::Roompin);
     const PLAIN: Protocol = Protocol(ProtocolKind::Plain);
+    const SIO: Protocol = Protocol(ProtocolKind::Socketio);
+
+    #[test]
+    fn socketio_frames() {
+        assert_eq!(SIO.encode("1:x"), r#"42["m","1:x"]"#);
+        assert_eq!(
+            SIO.decode(r#"42["m","1:x"]"#),
+            Incoming::Message {
+                seq: None,
+                text: "1:x".into()
+            }
+        );
+        assert_eq!(
+            SIO.decode(r#"42["m","a\"b"]"#),
+            Incoming::Message {
+                seq: None,
+                text: "a\"b".into()
+            }
+        );
+        assert_eq!(SIO.decode(r#"0{"sid":"x"}"#), Incoming::Other);
+        assert_eq!(SIO.decode(r#"40{"sid":"x"}"#), Incoming::Other);
+        assert_eq!(SIO.decode(r#"42["other","x"]"#), Incoming::Other);
+        assert!(SIO.query("m", "u").contains("EIO=4&transport=websocket"));
+    }
 
     #[test]
     fn roompin_frames() {

@@ -298,6 +298,7 @@ impl Report {
         let p = match self.protocol {
             ProtocolKind::Roompin => "roompin",
             ProtocolKind::Plain => "plain",
+            ProtocolKind::Socketio => "socketio",
         };
         format!("{p}/{t}")
     }

@@ -33,8 +33,8 @@ impl Plan {
     pub fn new(mode: &Mode) -> anyhow::Result<Plan> {
         let common = mode.common();
         let sse = common.transport == Transport::Sse;
-        if sse && common.protocol == ProtocolKind::Plain {
-            bail!("--transport sse needs --protocol roompin: a plain WebSocket server has no SSE");
+        if sse && common.protocol != ProtocolKind::Roompin {
+            bail!("--transport sse needs --protocol roompin: a plain WebSocket or Socket.IO server has no SSE here");
         }
         positive("--ramp", common.ramp)?;
         if common.workers == 0 || common.workers > MAX_WORKERS {
