@@ -100,6 +100,21 @@ impl BalancerProc {
         crate::get_json(&self.admin_url("/ring")).await
     }
 
+    /// Ids of the members that own meetings now, sorted.
+    pub async fn owners(&self) -> anyhow::Result<Vec<String>> {
+        let ring = self.ring().await?;
+        let members = ring["members"]
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("no members in {ring}"))?;
+        let mut owners: Vec<String> = members
+            .iter()
+            .filter(|m| m["owner"] == true)
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        owners.sort();
+        Ok(owners)
+    }
+
     pub async fn epoch(&self) -> u64 {
         self.ring()
             .await
@@ -151,13 +166,7 @@ impl Cluster {
         // Every node healthy in the ring before the test starts.
         let n = cluster.nodes.len();
         crate::eventually(crate::PATIENCE, "all nodes healthy in /ring", || async {
-            let ring = cluster.balancer.ring().await.ok()?;
-            let owners = ring["members"]
-                .as_array()?
-                .iter()
-                .filter(|m| m["owner"] == true)
-                .count();
-            (owners == n).then_some(())
+            (cluster.balancer.owners().await.ok()?.len() == n).then_some(())
         })
         .await;
         cluster
@@ -218,15 +227,7 @@ impl Cluster {
         let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
         want.sort();
         crate::eventually(within, &format!("owners {want:?}"), || async {
-            let ring = self.balancer.ring().await.ok()?;
-            let mut owners: Vec<String> = ring["members"]
-                .as_array()?
-                .iter()
-                .filter(|m| m["owner"] == true)
-                .filter_map(|m| m["id"].as_str().map(str::to_owned))
-                .collect();
-            owners.sort();
-            (owners == want).then_some(())
+            (self.balancer.owners().await.ok()? == want).then_some(())
         })
         .await
     }

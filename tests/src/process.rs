@@ -30,7 +30,12 @@ pub fn bin(name: &str) -> PathBuf {
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let crate_dir = name.trim_start_matches("roompin-");
-    for dir in [crate_dir, "shared"] {
+    let sources = [
+        format!("{crate_dir}/src"),
+        format!("{crate_dir}/assets"),
+        "shared/src".to_owned(),
+    ];
+    for dir in sources {
         if let Some(newer) = newest_source(&root.join(dir)).filter(|(t, _)| *t > built) {
             panic!(
                 "{} is older than {}: {hint}",
@@ -42,7 +47,9 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The most recently modified `.rs`, `.toml` or `.html` file below `dir`.
+/// The most recently modified `.rs` or `.html` file below `dir`: what the
+/// binary is compiled from. (Not `Cargo.toml`: a change there, such as a new
+/// bench, need not relink the binary.)
 fn newest_source(dir: &std::path::Path) -> Option<(std::time::SystemTime, PathBuf)> {
     let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
     let mut stack = vec![dir.to_path_buf()];
@@ -51,10 +58,7 @@ fn newest_source(dir: &std::path::Path) -> Option<(std::time::SystemTime, PathBu
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p
-                .extension()
-                .is_some_and(|e| e == "rs" || e == "toml" || e == "html")
-            {
+            } else if p.extension().is_some_and(|e| e == "rs" || e == "html") {
                 if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
                     if newest.as_ref().is_none_or(|(n, _)| t > *n) {
                         newest = Some((t, p));
@@ -190,6 +194,18 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
+    /// Starts a node with extra lines for its config file.
+    pub async fn with_toml(id: &str, toml: &str) -> NodeProc {
+        Self::start(
+            id,
+            NodeOptions {
+                toml: toml.to_owned(),
+                ..NodeOptions::default()
+            },
+        )
+        .await
+    }
+
     pub async fn start(id: &str, options: NodeOptions) -> NodeProc {
         Self::start_on(id, loopback(free_port()), options).await
     }
@@ -224,6 +240,11 @@ impl NodeProc {
 
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/websocket?{query}", self.addr)
+    }
+
+    /// `ws://…/websocket`, without a query.
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}/websocket", self.addr)
     }
 
     pub fn url(&self, path: &str) -> String {

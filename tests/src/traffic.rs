@@ -189,22 +189,14 @@ pub fn assert_undisturbed(t: &Traffic, before: &[u32], moved: &[String], step: &
 
 /// Waits until both balancers show exactly these owners.
 pub async fn owners_are(b: [&BalancerProc; 2], ids: &[&str]) {
-    let mut want: Vec<&str> = ids.to_vec();
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     want.sort();
     crate::eventually(
         PATIENCE,
         &format!("both balancers own with {want:?}"),
         || async {
             for balancer in b {
-                let ring = balancer.ring().await.ok()?;
-                let mut owners: Vec<String> = ring["members"]
-                    .as_array()?
-                    .iter()
-                    .filter(|m| m["owner"] == true)
-                    .filter_map(|m| m["id"].as_str().map(str::to_owned))
-                    .collect();
-                owners.sort();
-                if owners != want {
+                if balancer.owners().await.ok()? != want {
                     return None;
                 }
             }

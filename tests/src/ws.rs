@@ -66,6 +66,26 @@ impl WsClient {
         }
     }
 
+    /// Joins `meeting` on a node (or balancer) as `user`; panics if it cannot.
+    pub async fn join(base: &str, meeting: &str, user: &str) -> WsClient {
+        let url = format!("{base}?meeting_id={meeting}&user={user}");
+        WsClient::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{user} cannot join {meeting}: {e}"))
+    }
+
+    /// The next frame, which must be a room event of `kind` carrying the
+    /// next seq (see `recv_next`).
+    pub async fn expect_next(&mut self, kind: &str) -> Value {
+        let who = self.conn_id().to_owned();
+        let v = self
+            .recv_next()
+            .await
+            .unwrap_or_else(|e| panic!("{who} waiting for {kind}: {e}"));
+        assert_eq!(v["type"], kind, "{who} expected a {kind}, got {v}");
+        v
+    }
+
     pub fn node(&self) -> &str {
         self.welcome["node"].as_str().unwrap_or_default()
     }

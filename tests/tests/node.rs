@@ -8,42 +8,13 @@
 use futures_util::future::join_all;
 use roompin_shared::protocol::{close, error_code};
 use roompin_tests::ws::Ended;
-use roompin_tests::{eventually, get, metric, NodeOptions, NodeProc, WsClient, PATIENCE};
-use serde_json::{json, Value};
+use roompin_tests::{eventually, get, metric, NodeProc, WsClient, PATIENCE};
+use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The frame limit the tests configure, small enough to exceed cheaply.
 const LIMIT: usize = 1024;
-
-async fn node(id: &str, toml: &str) -> NodeProc {
-    NodeProc::start(
-        id,
-        NodeOptions {
-            toml: toml.to_owned(),
-            ..NodeOptions::default()
-        },
-    )
-    .await
-}
-
-async fn connect(node: &NodeProc, meeting: &str, user: &str) -> WsClient {
-    let url = node.ws_url(&format!("meeting_id={meeting}&user={user}"));
-    WsClient::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{user} cannot join {meeting}: {e}"))
-}
-
-/// The next frame, which must be a room event of `kind` carrying the next seq.
-async fn next(c: &mut WsClient, kind: &str) -> Value {
-    let who = c.conn_id().to_owned();
-    let v = c
-        .recv_next()
-        .await
-        .unwrap_or_else(|e| panic!("{who} waiting for {kind}: {e}"));
-    assert_eq!(v["type"], kind, "{who} expected a {kind}, got {v}");
-    v
-}
 
 /// Joins `users` to a new `meeting` one after the other, then lets each read
 /// the joins up to the last one, checking seqs and member counts on the way
@@ -51,7 +22,7 @@ async fn next(c: &mut WsClient, kind: &str) -> Value {
 async fn room(node: &NodeProc, meeting: &str, users: &[&str]) -> Vec<WsClient> {
     let mut clients = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        let c = connect(node, meeting, user).await;
+        let c = WsClient::join(&node.ws_base(), meeting, user).await;
         assert_eq!(c.welcome["meeting_id"], meeting);
         assert_eq!(c.welcome["members"], i + 1, "{}", c.welcome);
         clients.push(c);
@@ -59,7 +30,7 @@ async fn room(node: &NodeProc, meeting: &str, users: &[&str]) -> Vec<WsClient> {
     let n = users.len() as u64;
     for c in clients.iter_mut() {
         while c.last_seq < n {
-            let join = next(c, "join").await;
+            let join = c.expect_next("join").await;
             assert_eq!(join["members"], join["seq"], "{join}");
         }
     }
@@ -87,8 +58,8 @@ async fn rooms_are_isolated(node: &NodeProc, a: &str, b: &str) {
     room_a[0].send_text("from a1").await.expect("a1 sends");
     room_a[2].send_text("from a3").await.expect("a3 sends");
     for c in room_a.iter_mut() {
-        let m1 = next(c, "message").await;
-        let m2 = next(c, "message").await;
+        let m1 = c.expect_next("message").await;
+        let m2 = c.expect_next("message").await;
         assert_eq!(
             (&m1["from"], &m1["text"], &m1["meeting_id"]),
             (&json!("a1"), &json!("from a1"), &json!(a))
@@ -103,7 +74,7 @@ async fn rooms_are_isolated(node: &NodeProc, a: &str, b: &str) {
     // B's own numbering goes on from its joins; its next event is the marker.
     room_b[1].send_text("marker").await.expect("b2 sends");
     for c in room_b.iter_mut() {
-        let m = next(c, "message").await;
+        let m = c.expect_next("message").await;
         assert_eq!(
             (&m["from"], &m["text"], &m["meeting_id"], &m["seq"]),
             (&json!("b2"), &json!("marker"), &json!(b), &json!(3)),
@@ -186,14 +157,14 @@ async fn membership_counts(node: &NodeProc, meeting: &str) {
     assert!(w.get("recovered").is_none(), "no since, no recovered: {w}");
     let ann_id = ann.conn_id().to_owned();
     assert!(ann_id.starts_with(&format!("{}.", node.id)), "{ann_id}");
-    let j = next(&mut ann, "join").await;
+    let j = ann.expect_next("join").await;
     // Without `user` the user name is the conn id.
     assert_eq!(
         (&j["seq"], &j["conn_id"], &j["user"], &j["members"]),
         (&json!(1), &json!(ann_id), &json!(ann_id), &json!(1))
     );
 
-    let mut bob = connect(node, meeting, "bob").await;
+    let mut bob = WsClient::join(&node.ws_base(), meeting, "bob").await;
     assert_eq!(
         (&bob.welcome["seq"], &bob.welcome["members"]),
         (&json!(1), &json!(2))
@@ -201,20 +172,20 @@ async fn membership_counts(node: &NodeProc, meeting: &str) {
     let bob_id = bob.conn_id().to_owned();
     assert_ne!(bob_id, ann_id);
     for c in [&mut ann, &mut bob] {
-        let j = next(c, "join").await;
+        let j = c.expect_next("join").await;
         assert_eq!(
             (&j["seq"], &j["conn_id"], &j["user"], &j["members"]),
             (&json!(2), &json!(bob_id), &json!("bob"), &json!(2))
         );
     }
 
-    let mut cy = connect(node, meeting, "cy").await;
+    let mut cy = WsClient::join(&node.ws_base(), meeting, "cy").await;
     assert_eq!(
         (&cy.welcome["seq"], &cy.welcome["members"]),
         (&json!(2), &json!(3))
     );
     for c in [&mut ann, &mut bob, &mut cy] {
-        let j = next(c, "join").await;
+        let j = c.expect_next("join").await;
         assert_eq!(
             (&j["seq"], &j["user"], &j["members"]),
             (&json!(3), &json!("cy"), &json!(3))
@@ -223,26 +194,26 @@ async fn membership_counts(node: &NodeProc, meeting: &str) {
 
     bob.close().await;
     for c in [&mut ann, &mut cy] {
-        let l = next(c, "leave").await;
+        let l = c.expect_next("leave").await;
         assert_eq!(
             (&l["seq"], &l["conn_id"], &l["user"], &l["members"]),
             (&json!(4), &json!(bob_id), &json!("bob"), &json!(2))
         );
     }
     cy.close().await;
-    let l = next(&mut ann, "leave").await;
+    let l = ann.expect_next("leave").await;
     assert_eq!(
         (&l["seq"], &l["user"], &l["members"]),
         (&json!(5), &json!("cy"), &json!(1))
     );
 
     // A newcomer is counted from what is left.
-    let mut dee = connect(node, meeting, "dee").await;
+    let mut dee = WsClient::join(&node.ws_base(), meeting, "dee").await;
     assert_eq!(
         (&dee.welcome["seq"], &dee.welcome["members"]),
         (&json!(5), &json!(2))
     );
-    let j = next(&mut dee, "join").await;
+    let j = dee.expect_next("join").await;
     assert_eq!((&j["seq"], &j["members"]), (&json!(6), &json!(2)));
 }
 
@@ -290,7 +261,7 @@ async fn bad_frames_get_errors(node: &NodeProc, meeting: &str) -> u64 {
     // with the very next seq.
     clients[0].send_text("still here").await.expect("send");
     for c in clients.iter_mut() {
-        let m = next(c, "message").await;
+        let m = c.expect_next("message").await;
         assert_eq!(
             (&m["text"], &m["from"], &m["seq"]),
             (&json!("still here"), &json!("bad"), &json!(3))
@@ -319,7 +290,7 @@ async fn oversized_frames_close_1009(node: &NodeProc, meeting: &str) -> u64 {
         .await
         .expect("send frame at the limit");
     for c in clients.iter_mut() {
-        let m = next(c, "message").await;
+        let m = c.expect_next("message").await;
         assert_eq!(m["text"].as_str().map(str::len), Some(LIMIT - 28), "{m}");
     }
     clients[0]
@@ -333,19 +304,19 @@ async fn oversized_frames_close_1009(node: &NodeProc, meeting: &str) -> u64 {
         "after {frames:?}"
     );
     assert!(frames.is_empty(), "nothing but the close: {frames:?}");
-    let l = next(&mut clients[1], "leave").await;
+    let l = clients[1].expect_next("leave").await;
     assert_eq!((&l["conn_id"], &l["members"]), (&json!(big_id), &json!(1)));
 
     // A frame far over the limit, and over the node's read buffer, too.
-    let mut huge = connect(node, meeting, "huge").await;
-    next(&mut huge, "join").await;
-    next(&mut clients[1], "join").await;
+    let mut huge = WsClient::join(&node.ws_base(), meeting, "huge").await;
+    huge.expect_next("join").await;
+    clients[1].expect_next("join").await;
     huge.send_raw(Message::text(frame_of(100 * LIMIT)))
         .await
         .expect("send a huge frame");
     let (ended, _) = huge.until_end(PATIENCE).await.expect("close");
     assert_eq!(ended, Ended::Closed(close::TOO_BIG, "frame too big".into()));
-    next(&mut clients[1], "leave").await;
+    clients[1].expect_next("leave").await;
     1
 }
 
@@ -403,44 +374,44 @@ async fn bad_requests_are_refused(node: &NodeProc) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_exactly_their_own_room() {
-    let node = node("iso", "").await;
+    let node = NodeProc::with_toml("iso", "").await;
     rooms_are_isolated(&node, "room-A", "room-B").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seq_rises_by_one_across_concurrent_senders() {
-    let node = node("seq", "").await;
+    let node = NodeProc::with_toml("seq", "").await;
     seq_is_gapless(&node, "busy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_join_and_leave_carry_member_counts() {
-    let node = node("counts", "").await;
+    let node = NodeProc::with_toml("counts", "").await;
     membership_counts(&node, "counts").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_error_frames_and_the_connection_lives() {
-    let node = node("frames", "").await;
+    let node = NodeProc::with_toml("frames", "").await;
     bad_frames_get_errors(&node, "frames").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_get_close_1009() {
-    let node = node("big", &format!("max_message_bytes = {LIMIT}\n")).await;
+    let node = NodeProc::with_toml("big", &format!("max_message_bytes = {LIMIT}\n")).await;
     oversized_frames_close_1009(&node, "big").await;
 }
 
 /// The default limit is 64 KiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_frame_limit_is_64_kib() {
-    let node = node("big64", "").await;
-    let mut c = connect(&node, "big64", "c").await;
-    next(&mut c, "join").await;
+    let node = NodeProc::with_toml("big64", "").await;
+    let mut c = WsClient::join(&node.ws_base(), "big64", "c").await;
+    c.expect_next("join").await;
     c.send_raw(Message::text(frame_of(64 * 1024)))
         .await
         .expect("send");
-    next(&mut c, "message").await;
+    c.expect_next("message").await;
     c.send_raw(Message::text(frame_of(64 * 1024 + 1)))
         .await
         .expect("send");
@@ -450,7 +421,7 @@ async fn the_default_frame_limit_is_64_kib() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_400_426_and_404_with_reasons() {
-    let node = node("http", "").await;
+    let node = NodeProc::with_toml("http", "").await;
     bad_requests_are_refused(&node).await;
 }
 
@@ -460,7 +431,7 @@ async fn bad_requests_get_400_426_and_404_with_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_all_that_the_node_still_serves_and_metrics_add_up() {
     // Empty rooms are dropped quickly, so the room gauge can be exact.
-    let node = node(
+    let node = NodeProc::with_toml(
         "survivor",
         &format!("max_message_bytes = {LIMIT}\nroom_idle_ms = 100\n"),
     )
@@ -483,7 +454,7 @@ async fn after_all_that_the_node_still_serves_and_metrics_add_up() {
     held.extend(room(&node, "fresh-2", &["f3"]).await);
     held[1].send_text("hello again").await.expect("send");
     for c in held.iter_mut().take(2) {
-        let m = next(c, "message").await;
+        let m = c.expect_next("message").await;
         assert_eq!(m["text"], "hello again");
     }
     sent += 1;

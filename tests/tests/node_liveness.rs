@@ -3,37 +3,9 @@
 
 use roompin_shared::protocol::close;
 use roompin_tests::ws::Ended;
-use roompin_tests::{eventually, get, metric, NodeOptions, NodeProc, WsClient, PATIENCE};
+use roompin_tests::{eventually, get, metric, NodeProc, WsClient, PATIENCE};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-async fn node(id: &str, toml: &str) -> NodeProc {
-    NodeProc::start(
-        id,
-        NodeOptions {
-            toml: toml.to_owned(),
-            ..NodeOptions::default()
-        },
-    )
-    .await
-}
-
-async fn connect(node: &NodeProc, meeting: &str, user: &str) -> WsClient {
-    let url = node.ws_url(&format!("meeting_id={meeting}&user={user}"));
-    WsClient::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{user} cannot join {meeting}: {e}"))
-}
-
-/// The next frame, which must be a room event of `kind` carrying the next seq.
-async fn next(c: &mut WsClient, kind: &str) -> Value {
-    let v = c
-        .recv_next()
-        .await
-        .unwrap_or_else(|e| panic!("{} waiting for {kind}: {e}", c.conn_id()));
-    assert_eq!(v["type"], kind, "expected a {kind}, got {v}");
-    v
-}
 
 async fn sample(node: &NodeProc, series: &str) -> Option<f64> {
     let (_, text) = get(&node.url("/metrics")).await.ok()?;
@@ -44,12 +16,12 @@ async fn sample(node: &NodeProc, series: &str) -> Option<f64> {
 /// past many ping intervals, and still receives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_keep_an_idle_client_connected() {
-    let node = node("ping", "ping_interval_ms = 200\n").await;
-    let mut idle = connect(&node, "quiet", "idle").await;
-    next(&mut idle, "join").await;
-    let mut talker = connect(&node, "quiet", "talker").await;
-    next(&mut idle, "join").await;
-    next(&mut talker, "join").await;
+    let node = NodeProc::with_toml("ping", "ping_interval_ms = 200\n").await;
+    let mut idle = WsClient::join(&node.ws_base(), "quiet", "idle").await;
+    idle.expect_next("join").await;
+    let mut talker = WsClient::join(&node.ws_base(), "quiet", "talker").await;
+    idle.expect_next("join").await;
+    talker.expect_next("join").await;
 
     // Both read (and so answer pings) for 5 intervals, sending nothing; a
     // client that did not answer is dropped after 2 intervals.
@@ -60,7 +32,7 @@ async fn pings_keep_an_idle_client_connected() {
 
     talker.send_text("still there?").await.expect("send");
     for c in [&mut idle, &mut talker] {
-        let m = next(c, "message").await;
+        let m = c.expect_next("message").await;
         assert_eq!(m["text"], "still there?");
     }
     assert_eq!(sample(&node, "roompin_node_connections").await, Some(2.0));
@@ -70,15 +42,15 @@ async fn pings_keep_an_idle_client_connected() {
 /// it leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_pongs_is_closed_with_4003() {
-    let node = node("pong", "ping_interval_ms = 200\n").await;
-    let mut mute = connect(&node, "deaf", "mute").await;
+    let node = NodeProc::with_toml("pong", "ping_interval_ms = 200\n").await;
+    let mut mute = WsClient::join(&node.ws_base(), "deaf", "mute").await;
     let mute_id = mute.conn_id().to_owned();
-    let mut peer = connect(&node, "deaf", "peer").await;
-    next(&mut peer, "join").await;
+    let mut peer = WsClient::join(&node.ws_base(), "deaf", "peer").await;
+    peer.expect_next("join").await;
 
     // `mute` reads nothing from here on, so tungstenite never pongs for it.
     // It is dropped after 2-3 intervals, and leaves the room right then.
-    let leave = tokio::time::timeout(Duration::from_secs(3), next(&mut peer, "leave"))
+    let leave = tokio::time::timeout(Duration::from_secs(3), peer.expect_next("leave"))
         .await
         .expect("no leave within 3 s of a 200 ms ping interval");
     assert_eq!(
@@ -96,7 +68,7 @@ async fn a_client_that_never_pongs_is_closed_with_4003() {
     assert_eq!(kinds, [json!("join"), json!("join")], "{frames:?}");
     // The peer, which answers pings, is still served.
     peer.send_text("alone").await.expect("send");
-    assert_eq!(next(&mut peer, "message").await["text"], "alone");
+    assert_eq!(peer.expect_next("message").await["text"], "alone");
 }
 
 /// With `send_queue = 4`, a member that stops reading while others publish
@@ -105,14 +77,14 @@ async fn a_client_that_never_pongs_is_closed_with_4003() {
 /// missed when it resumes with `since`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_dropped_with_4002() {
-    let node = node("slow", "send_queue = 4\n").await;
-    let mut publisher = connect(&node, "flood", "pub").await;
-    let mut observer = connect(&node, "flood", "obs").await;
-    let mut slow = connect(&node, "flood", "slow").await;
+    let node = NodeProc::with_toml("slow", "send_queue = 4\n").await;
+    let mut publisher = WsClient::join(&node.ws_base(), "flood", "pub").await;
+    let mut observer = WsClient::join(&node.ws_base(), "flood", "obs").await;
+    let mut slow = WsClient::join(&node.ws_base(), "flood", "slow").await;
     let slow_id = slow.conn_id().to_owned();
     for c in [&mut publisher, &mut observer] {
         while c.last_seq < 3 {
-            next(c, "join").await;
+            c.expect_next("join").await;
         }
     }
     let slow_before = sample(&node, "roompin_node_slow_consumers_total").await;
@@ -187,11 +159,11 @@ async fn a_slow_consumer_is_dropped_with_4002() {
 /// its session's memory) forever: the node closes it after the close grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_that_never_reads_again_is_disconnected() {
-    let node = node("stuck", "send_queue = 4\n").await;
-    let mut publisher = connect(&node, "stuck", "pub").await;
-    let slow = connect(&node, "stuck", "slow").await;
+    let node = NodeProc::with_toml("stuck", "send_queue = 4\n").await;
+    let mut publisher = WsClient::join(&node.ws_base(), "stuck", "pub").await;
+    let slow = WsClient::join(&node.ws_base(), "stuck", "slow").await;
     while publisher.last_seq < 2 {
-        next(&mut publisher, "join").await;
+        publisher.expect_next("join").await;
     }
     let text = "x".repeat(60_000);
     for published in 0.. {
@@ -217,9 +189,10 @@ async fn a_slow_consumer_that_never_reads_again_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_reader_that_never_reads_is_disconnected() {
     use tokio::io::AsyncWriteExt;
-    let node = node("stuck-sse", "send_queue = 4\ntcp_user_timeout_ms = 1000\n").await;
-    let mut publisher = connect(&node, "stuck-sse", "pub").await;
-    next(&mut publisher, "join").await;
+    let node =
+        NodeProc::with_toml("stuck-sse", "send_queue = 4\ntcp_user_timeout_ms = 1000\n").await;
+    let mut publisher = WsClient::join(&node.ws_base(), "stuck-sse", "pub").await;
+    publisher.expect_next("join").await;
     // A raw SSE request whose response is never read.
     let mut raw = tokio::net::TcpStream::connect(node.addr)
         .await
@@ -229,7 +202,7 @@ async fn an_sse_reader_that_never_reads_is_disconnected() {
         node.addr
     );
     raw.write_all(request.as_bytes()).await.expect("request");
-    next(&mut publisher, "join").await;
+    publisher.expect_next("join").await;
     let text = "x".repeat(60_000);
     for published in 0.. {
         assert!(published < 2000, "the SSE reader was never dropped");

@@ -26,21 +26,12 @@ async fn connect(node: &NodeProc, query: &str) -> WsClient {
         .unwrap_or_else(|e| panic!("{query}: {e}"))
 }
 
-async fn next(c: &mut WsClient, kind: &str) -> Value {
-    let v = c
-        .recv_next()
-        .await
-        .unwrap_or_else(|e| panic!("{} waiting for {kind}: {e}", c.conn_id()));
-    assert_eq!(v["type"], kind, "expected a {kind}, got {v}");
-    v
-}
-
 /// `n` messages from `from`, each read by `from` itself; returns them.
 async fn say(from: &mut WsClient, n: usize, tag: &str) -> Vec<Value> {
     let mut seen = Vec::new();
     for i in 0..n {
         from.send_text(&format!("{tag}{i}")).await.expect("send");
-        seen.push(next(from, "message").await);
+        seen.push(from.expect_next("message").await);
     }
     seen
 }
@@ -49,20 +40,20 @@ async fn say(from: &mut WsClient, n: usize, tag: &str) -> Vec<Value> {
 async fn since_replays_exactly_the_missed_events_then_live_ones() {
     let node = node("resume").await;
     let mut ann = connect(&node, "meeting_id=meet&user=ann").await;
-    next(&mut ann, "join").await;
+    ann.expect_next("join").await;
     let mut bob = connect(&node, "meeting_id=meet&user=bob").await;
-    next(&mut ann, "join").await;
-    next(&mut bob, "join").await;
+    ann.expect_next("join").await;
+    bob.expect_next("join").await;
     say(&mut ann, 2, "before").await;
     for _ in 0..2 {
-        next(&mut bob, "message").await;
+        bob.expect_next("message").await;
     }
     let last = bob.last_seq;
     assert_eq!(last, 4);
     bob.close().await;
 
     // What bob misses: his own leave and three messages, as ann saw them.
-    let mut missed = vec![next(&mut ann, "leave").await];
+    let mut missed = vec![ann.expect_next("leave").await];
     missed.extend(say(&mut ann, 3, "missed").await);
 
     let mut bob = connect(&node, &format!("meeting_id=meet&user=bob&since={last}")).await;
@@ -79,15 +70,15 @@ async fn since_replays_exactly_the_missed_events_then_live_ones() {
     }
     assert_eq!(replay, missed, "the replay is not exactly what bob missed");
     // Then the live stream: his join (seen by ann too), a new message.
-    let join = next(&mut bob, "join").await;
+    let join = bob.expect_next("join").await;
     assert_eq!(
         (&join["conn_id"], &join["members"]),
         (&json!(bob.conn_id()), &json!(2))
     );
-    assert_eq!(next(&mut ann, "join").await, join);
+    assert_eq!(ann.expect_next("join").await, join);
     ann.send_text("live").await.expect("send");
-    assert_eq!(next(&mut bob, "message").await["text"], "live");
-    assert_eq!(next(&mut ann, "message").await["text"], "live");
+    assert_eq!(bob.expect_next("message").await["text"], "live");
+    assert_eq!(ann.expect_next("message").await["text"], "live");
 
     // Resuming from the current seq: recovered, nothing to replay.
     let now = bob.last_seq;
@@ -96,14 +87,14 @@ async fn since_replays_exactly_the_missed_events_then_live_ones() {
         (&cy.welcome["recovered"], &cy.welcome["seq"]),
         (&json!(true), &json!(now))
     );
-    assert_eq!(next(&mut cy, "join").await["seq"], now + 1);
+    assert_eq!(cy.expect_next("join").await["seq"], now + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn since_older_than_the_history_is_not_recovered() {
     let node = node("stale").await;
     let mut ann = connect(&node, "meeting_id=old&user=ann").await;
-    next(&mut ann, "join").await;
+    ann.expect_next("join").await;
     let since = ann.last_seq;
     let all = say(&mut ann, 2 * HISTORY as usize, "m").await;
 
@@ -123,7 +114,7 @@ async fn since_older_than_the_history_is_not_recovered() {
         replay.push(bob.recv_next().await.expect("replay"));
     }
     assert_eq!(replay, all[all.len() - HISTORY as usize..]);
-    next(&mut bob, "join").await;
+    bob.expect_next("join").await;
 
     // The boundary: with bob's join at seq s, the history is s-9..=s, so
     // since = s-10 is recovered (it needs s-9 on)... until carl's own join
@@ -140,7 +131,7 @@ async fn since_older_than_the_history_is_not_recovered() {
     let mut dee = connect(&node, &format!("meeting_id=old&since={}", end + 100)).await;
     assert_eq!(dee.welcome["recovered"], false, "{}", dee.welcome);
     let seq = dee.welcome["seq"].as_u64().unwrap_or(0);
-    assert_eq!(next(&mut dee, "join").await["seq"], seq + 1);
+    assert_eq!(dee.expect_next("join").await["seq"], seq + 1);
 
     // A room that does not exist yet.
     let eve = connect(&node, "meeting_id=brand-new&since=7").await;
@@ -157,7 +148,7 @@ async fn sse_resumes_with_last_event_id_like_since() {
     let node = node("sse").await;
     let url = node.url("/sse?meeting_id=tv&user=viewer");
     let mut ws = connect(&node, "meeting_id=tv&user=ann").await;
-    next(&mut ws, "join").await;
+    ws.expect_next("join").await;
     let mut sse = SseClient::connect(&url, None).await.expect("sse");
     assert_eq!(
         (&sse.welcome["seq"], &sse.welcome["members"]),
@@ -165,9 +156,9 @@ async fn sse_resumes_with_last_event_id_like_since() {
     );
     let join = sse.recv().await.expect("own join");
     assert_eq!((join.id, join.event.as_str()), (Some(2), "join"));
-    assert_eq!(join.data, next(&mut ws, "join").await);
+    assert_eq!(join.data, ws.expect_next("join").await);
     drop(sse);
-    next(&mut ws, "leave").await;
+    ws.expect_next("leave").await;
     let missed = say(&mut ws, 2, "tv").await;
 
     let mut sse = SseClient::connect(&url, Some(2)).await.expect("sse resume");
@@ -209,7 +200,7 @@ async fn sse_resumes_with_last_event_id_like_since() {
 async fn a_resume_from_another_incarnation_is_not_recovered() {
     let mut n = node("incarnation").await;
     let mut a = connect(&n, "meeting_id=inc&user=a").await;
-    next(&mut a, "join").await;
+    a.expect_next("join").await;
     say(&mut a, 2, "old").await;
     let (old_room, old_seq) = (
         a.welcome["room"].as_str().unwrap_or_default().to_owned(),
@@ -228,7 +219,7 @@ async fn a_resume_from_another_incarnation_is_not_recovered() {
     n.proc.kill9();
     let n = NodeProc::start_on(&n.id, n.addr, n.options.clone()).await;
     let mut b = connect(&n, "meeting_id=inc&user=b").await;
-    next(&mut b, "join").await;
+    b.expect_next("join").await;
     say(&mut b, 6, "new").await;
     let new_room = b.welcome["room"].as_str().unwrap_or_default().to_owned();
     assert_ne!(new_room, old_room, "a restarted room has a new incarnation");

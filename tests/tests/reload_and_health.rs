@@ -116,14 +116,7 @@ async fn sighup_reloads_a_file_the_watch_cannot_see() {
     std::os::unix::fs::symlink(&target, &link).expect("symlink");
     let b = BalancerProc::start(link, public, admin).await;
     eventually(PATIENCE, "three owners", || async {
-        let ring = b.ring().await.ok()?;
-        (ring["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["owner"] == true)
-            .count()
-            == 3)
-            .then_some(())
+        (b.owners().await.ok()?.len() == 3).then_some(())
     })
     .await;
 
