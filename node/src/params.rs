@@ -4,7 +4,7 @@
 use axum::http::{HeaderMap, StatusCode};
 use roompin_shared::control::{RoutedBy, BALANCER_HEADER, EPOCH_HEADER, SKIPPED_HEADER};
 use roompin_shared::meeting_id::query_param;
-use roompin_shared::protocol::MAX_USER_CHARS;
+use roompin_shared::protocol::{check_room, check_user};
 use roompin_shared::MeetingId;
 
 use crate::room::Resume;
@@ -42,13 +42,7 @@ impl JoinParams {
             .transpose()?;
         let room = query_param(query, "room").map_err(|e| bad(e.to_string()))?;
         let room = room
-            .map(|r| {
-                let ok =
-                    !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric());
-                ok.then(|| r.into_owned()).ok_or_else(|| {
-                    bad("`room` must be the `room` of a welcome: 1-64 letters and digits")
-                })
-            })
+            .map(|r| check_room(&r).map(|()| r.into_owned()).map_err(bad))
             .transpose()?;
         Ok(JoinParams {
             meeting_id,
@@ -67,16 +61,9 @@ impl JoinParams {
     }
 }
 
+/// The shared `user` rule, as a 400.
 pub fn validate_user(user: &str) -> Result<String, Refusal> {
-    let chars = user.chars().count();
-    if chars == 0 || chars > MAX_USER_CHARS {
-        return Err(bad(format!(
-            "`user` must be 1 to {MAX_USER_CHARS} characters, got {chars}"
-        )));
-    }
-    if user.chars().any(char::is_control) {
-        return Err(bad("`user` must not contain control characters"));
-    }
+    check_user(user).map_err(bad)?;
     Ok(user.to_owned())
 }
 

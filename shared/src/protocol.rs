@@ -204,6 +204,33 @@ pub struct PublishAccepted {
 /// The longest `user` name, in characters.
 pub const MAX_USER_CHARS: usize = 64;
 
+/// A display name: 1 to `MAX_USER_CHARS` characters, no control characters.
+/// The error is the reason sent with a 400.
+pub fn check_user(user: &str) -> Result<(), String> {
+    let chars = user.chars().count();
+    if chars == 0 || chars > MAX_USER_CHARS {
+        return Err(format!(
+            "`user` must be 1 to {MAX_USER_CHARS} characters, got {chars}"
+        ));
+    }
+    if user.chars().any(char::is_control) {
+        return Err("`user` must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// A room incarnation id as `welcome.room` carries it: 1 to 64 letters and
+/// digits.
+pub fn check_room(room: &str) -> Result<(), String> {
+    let ok =
+        !room.is_empty() && room.len() <= 64 && room.bytes().all(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err("`room` must be the `room` of a welcome: 1-64 letters and digits".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
