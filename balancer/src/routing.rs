@@ -67,8 +67,22 @@ impl Routing {
 #[derive(Clone, Debug)]
 struct Track {
     health: Health,
+    /// Whether this member has ever been healthy since it was configured.
+    ever_healthy: bool,
     ok_streak: u32,
     fail_streak: u32,
+}
+
+impl Track {
+    /// A member just configured: unknown until its first check.
+    fn new() -> Track {
+        Track {
+            health: Health::Unknown,
+            ever_healthy: false,
+            ok_streak: 0,
+            fail_streak: 0,
+        }
+    }
 }
 
 struct Inner {
@@ -104,16 +118,7 @@ impl Membership {
         let tracks = config
             .upstreams
             .iter()
-            .map(|u| {
-                (
-                    u.id.clone(),
-                    Track {
-                        health: Health::Unknown,
-                        ok_streak: 0,
-                        fail_streak: 0,
-                    },
-                )
-            })
+            .map(|u| (u.id.clone(), Track::new()))
             .collect();
         let mut inner = Inner {
             config,
@@ -173,11 +178,7 @@ impl Membership {
                 .any(|o| o.id == u.id && o.addr == u.addr);
             let track = match inner.tracks.get(&u.id) {
                 Some(t) if same => t.clone(),
-                _ => Track {
-                    health: Health::Unknown,
-                    ok_streak: 0,
-                    fail_streak: 0,
-                },
+                _ => Track::new(),
             };
             tracks.insert(u.id.clone(), track);
         }
@@ -215,9 +216,12 @@ impl Membership {
         }
         let next = match (track.health, ok) {
             (_, false) if check == Check::Draining => Health::Unhealthy,
-            // A member never seen is decided by its first check.
+            // A member never seen healthy (new, or still starting) is
+            // admitted by its first good check: healthy_after guards
+            // failback, not first admission.
             (Health::Unknown, true) => Health::Healthy,
             (Health::Unknown, false) => Health::Unhealthy,
+            (Health::Unhealthy, true) if !track.ever_healthy => Health::Healthy,
             (Health::Healthy, false) if track.fail_streak >= unhealthy_after => Health::Unhealthy,
             // healthy_after is the guard against flapping on failback.
             (Health::Unhealthy, true) if track.ok_streak >= healthy_after => Health::Healthy,
@@ -226,6 +230,7 @@ impl Membership {
         if next != track.health {
             tracing::info!(upstream = id, from = ?track.health, to = ?next, "upstream health changed");
             track.health = next;
+            track.ever_healthy |= next == Health::Healthy;
             self.rebuild(&mut inner);
         }
     }

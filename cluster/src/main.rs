@@ -1,7 +1,7 @@
 //! `roompin-cluster`: one command for a local cluster. It starts one
-//! `roompin-node` per `[[upstream]]` of the balancer config, then the
-//! balancer, waits until every `/healthz` answers, and prints where to
-//! connect. Ctrl-C stops every process it started.
+//! `roompin-node` per `[[upstream]]` of the balancer config, waits until they
+//! answer `/healthz`, then starts the balancer, and prints where to connect.
+//! Ctrl-C stops every process it started.
 //!
 //! It runs the sibling binaries built next to it, so run it after
 //! `cargo build --release` (the README's first command does both).
@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 
 use roompin_shared::config::BalancerConfig;
@@ -28,23 +28,22 @@ struct Cli {
     node_config: PathBuf,
 }
 
-/// A started child, stopped with SIGTERM (then SIGKILL) on drop.
+/// A started child. Dropping it (on an error path) kills it outright; a
+/// normal stop goes through `stop_all`.
 struct Started {
     name: String,
     child: Child,
 }
 
+impl Started {
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for Started {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            for _ in 0..100 {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            eprintln!("{} did not stop within 5 s: killing it", self.name);
+        if self.running() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -71,7 +70,6 @@ async fn main() -> anyhow::Result<()> {
     };
     let (node_bin, balancer_bin) = (binary("roompin-node")?, binary("roompin-balancer")?);
 
-    // Started in order; dropped (stopped) in reverse: balancer first.
     let mut started: Vec<Started> = Vec::new();
     for u in &config.upstreams {
         let mut cmd = Command::new(&node_bin);
@@ -89,6 +87,10 @@ async fn main() -> anyhow::Result<()> {
             child,
         });
     }
+    // The nodes first, so that the balancer's first health checks find them.
+    for u in &config.upstreams {
+        wait_healthy(&format!("http://{}/healthz", u.addr), &mut started).await?;
+    }
     let child = Command::new(&balancer_bin)
         .arg("--config")
         .arg(&cli.config)
@@ -98,16 +100,12 @@ async fn main() -> anyhow::Result<()> {
         name: "balancer".into(),
         child,
     });
+    wait_healthy(
+        &format!("http://{}/healthz", config.admin_listen),
+        &mut started,
+    )
+    .await?;
 
-    let mut health: Vec<String> = config
-        .upstreams
-        .iter()
-        .map(|u| format!("http://{}/healthz", u.addr))
-        .collect();
-    health.push(format!("http://{}/healthz", config.admin_listen));
-    for url in &health {
-        wait_healthy(url, &mut started).await?;
-    }
     println!();
     println!(
         "roompin is up: {} nodes behind the balancer.",
@@ -133,18 +131,37 @@ async fn main() -> anyhow::Result<()> {
         signal(SignalKind::terminate())?,
     );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    // Ctrl-C stops everything now (nodes close their clients with 1001);
+    // SIGTERM lets the nodes drain (up to drain_timeout_ms, 10 s by default).
+    let (sig, patience) = loop {
         tokio::select! {
-            _ = int.recv() => break,
-            _ = term.recv() => break,
+            _ = int.recv() => break (Signal::SIGINT, Duration::from_secs(5)),
+            _ = term.recv() => break (Signal::SIGTERM, Duration::from_secs(15)),
             _ = tick.tick() => report_exits(&mut started),
         }
-    }
+    };
     println!("stopping {} processes…", started.len());
-    while let Some(p) = started.pop() {
-        drop(p);
-    }
+    stop_all(&mut started, sig, patience);
     Ok(())
+}
+
+/// Sends `sig` to every child at once, waits for each until `patience` runs
+/// out, and kills what is left.
+fn stop_all(started: &mut Vec<Started>, sig: Signal, patience: Duration) {
+    for p in started.iter_mut() {
+        if p.running() {
+            let _ = kill(Pid::from_raw(p.child.id() as i32), sig);
+        }
+    }
+    let deadline = Instant::now() + patience;
+    for mut p in started.drain(..) {
+        while p.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if p.running() {
+            eprintln!("{} did not stop within {patience:?}: killing it", p.name);
+        }
+    }
 }
 
 /// A process that exits stays gone (a node you kill to try failover); say so.
