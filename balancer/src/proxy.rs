@@ -166,7 +166,11 @@ impl ProxyHttp for Proxy {
         let routing = self.membership.routing();
         request.insert_header(BALANCER_HEADER, routing.balancer_id.as_str())?;
         request.insert_header(EPOCH_HEADER, ctx.epoch.to_string())?;
-        if !ctx.refused.is_empty() {
+        // Only this balancer may say which nodes it skipped: a client's own
+        // header would let it steer a node's ownership check.
+        if ctx.refused.is_empty() {
+            request.remove_header(SKIPPED_HEADER);
+        } else {
             request.insert_header(SKIPPED_HEADER, ctx.refused.join(","))?;
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {

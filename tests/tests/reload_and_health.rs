@@ -207,3 +207,26 @@ fn futures_block_route(b: &BalancerProc, meeting: &str) -> String {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(b.route(meeting)))
         .unwrap_or_default()
 }
+
+/// With every node refusing, the balancer answers 502 with a reason (not a
+/// hang or an empty reply); once health checks have caught up, 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_gets_502_with_a_reason() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await;
+    cluster.nodes[0].proc.kill9();
+    let b = &cluster.balancer;
+    let (status, body) = get(&b.url("/sse?meeting_id=refused"))
+        .await
+        .expect("an answer");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("chat node"), "reason: {body:?}");
+    eventually(PATIENCE, "503 once the node is marked down", || async {
+        let (status, body) = get(&b.url("/sse?meeting_id=refused")).await.ok()?;
+        (status == 503 && body.contains("no healthy chat node")).then_some(())
+    })
+    .await;
+}
