@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::routing::{Health, Membership};
+use roompin_shared::protocol::MEETING_PARAM;
 use roompin_shared::MeetingId;
 
 pub struct Admin {
@@ -77,7 +78,7 @@ impl Admin {
     }
 
     fn route(&self, query: Option<&str>) -> Response<Vec<u8>> {
-        let meeting = match MeetingId::from_query(query, "meeting_id") {
+        let meeting = match MeetingId::from_query(query, MEETING_PARAM) {
             Ok(m) => m,
             Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
         };

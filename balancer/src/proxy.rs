@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::page;
 use crate::routing::Membership;
 use roompin_shared::control::{BALANCER_HEADER, EPOCH_HEADER, SKIPPED_HEADER};
+use roompin_shared::meeting_id::query_param;
+use roompin_shared::protocol::MEETING_PARAM;
 use roompin_shared::{MeetingId, Member};
 
 /// Connecting to a node on the same network should take milliseconds; a
@@ -69,6 +71,8 @@ pub struct Ctx {
     epoch: u64,
     /// Nodes that refused this request, skipped on retry.
     refused: Vec<String>,
+    /// The hashed parameter is not `meeting_id`: add `meeting_id` upstream.
+    forward_meeting: bool,
     /// Counted in a per-upstream gauge until `logging`.
     open_gauge: Option<&'static str>,
     started: Instant,
@@ -85,6 +89,7 @@ impl ProxyHttp for Proxy {
             upstream: None,
             epoch: 0,
             refused: Vec::new(),
+            forward_meeting: false,
             open_gauge: None,
             started: Instant::now(),
         }
@@ -116,6 +121,23 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         };
+        // Nodes read `meeting_id`. When the balancer hashes another
+        // parameter, it passes the value on under that name, and refuses a
+        // request whose own `meeting_id` says something else.
+        if routing.config.hash_param != MEETING_PARAM {
+            match query_param(uri.query(), MEETING_PARAM) {
+                Ok(None) => ctx.forward_meeting = true,
+                Ok(Some(m)) if m == meeting.as_str() => {}
+                _ => {
+                    let reason = format!(
+                        "`{MEETING_PARAM}` and `{}` disagree\n",
+                        routing.config.hash_param
+                    );
+                    respond(session, 400, &reason).await?;
+                    return Ok(true);
+                }
+            }
+        }
         let Some(owner) = routing.owner(meeting.as_str()) else {
             respond(session, 503, "no healthy chat node: try again shortly\n").await?;
             return Ok(true);
@@ -163,6 +185,19 @@ impl ProxyHttp for Proxy {
         request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let (true, Some(meeting)) = (ctx.forward_meeting, &ctx.meeting) {
+            let uri = &request.uri;
+            // A meeting id is unreserved characters only: no escaping needed.
+            let forwarded = format!(
+                "{}?{}&{MEETING_PARAM}={meeting}",
+                uri.path(),
+                uri.query().unwrap_or("")
+            );
+            let uri = forwarded
+                .parse()
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewriting the query", e))?;
+            request.set_uri(uri);
+        }
         let routing = self.membership.routing();
         request.insert_header(BALANCER_HEADER, routing.balancer_id.as_str())?;
         request.insert_header(EPOCH_HEADER, ctx.epoch.to_string())?;

@@ -4,14 +4,10 @@
 use axum::http::{HeaderMap, StatusCode};
 use roompin_shared::control::{RoutedBy, BALANCER_HEADER, EPOCH_HEADER, SKIPPED_HEADER};
 use roompin_shared::meeting_id::query_param;
-use roompin_shared::protocol::{check_room, check_user};
+use roompin_shared::protocol::{check_room, check_user, MEETING_PARAM};
 use roompin_shared::MeetingId;
 
 use crate::room::Resume;
-
-/// The node always reads `meeting_id`; the balancer's `hash_param` only
-/// chooses what the balancer hashes.
-pub const MEETING_PARAM: &str = "meeting_id";
 
 pub struct JoinParams {
     pub meeting_id: MeetingId,
@@ -40,7 +36,7 @@ impl JoinParams {
                     .map_err(|_| bad(format!("`since` must be a whole number, got {s:?}")))
             })
             .transpose()?;
-        let room = query_param(query, "room").map_err(|e| bad(e.to_string()))?;
+        let room = query_param(query, "since_room").map_err(|e| bad(e.to_string()))?;
         let room = room
             .map(|r| check_room(&r).map(|()| r.into_owned()).map_err(bad))
             .transpose()?;

@@ -8,6 +8,11 @@ use std::borrow::Cow;
 /// The protocol version a node announces in `welcome`.
 pub const VERSION: u32 = 1;
 
+/// The query parameter a node reads the meeting from. (A balancer may hash
+/// another one, its `hash_param`; it then passes the value on under this
+/// name.)
+pub const MEETING_PARAM: &str = "meeting_id";
+
 /// WebSocket close codes. The 4000s are ours and each tells the client what
 /// to do next (see docs/PROTOCOL.md, "Reconnecting").
 pub mod close {
@@ -106,7 +111,7 @@ pub enum ServerEvent {
         /// The room's incarnation: it names the numbering that `seq`s belong
         /// to. It survives room moves (the history goes with it) and changes
         /// when a room starts afresh (e.g. its node died). Resume with
-        /// `since=<seq>&room=<this>`.
+        /// `since=<seq>&since_room=<this>`.
         room: String,
         /// The room's last seq when this connection joined (0 for a new room).
         seq: u64,
@@ -227,7 +232,7 @@ pub fn check_room(room: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err("`room` must be the `room` of a welcome: 1-64 letters and digits".into())
+        Err("`since_room` must be the `room` of a welcome: 1-64 letters and digits".into())
     }
 }
 

@@ -4,7 +4,7 @@
 //!   with 0–250 ms of jitter);
 //! - anything else (1001, 4003, a dropped connection, a refused connect):
 //!   exponential backoff from 250 ms to 10 s with full jitter;
-//! - always resume with `since=<last seq seen>&room=<its welcome.room>`.
+//! - always resume with `since=<last seq seen>&since_room=<its welcome.room>`.
 //!
 //! The member runs on its own task; the test reads its state.
 
@@ -97,7 +97,7 @@ async fn run(url: String, state: Arc<Mutex<MemberState>>, mut rx: mpsc::Unbounde
             .ok()
             .and_then(|s| s.last_seq.map(|seq| (seq, s.room.clone())));
         let url = match resume {
-            Some((seq, room)) => format!("{url}&since={seq}&room={room}"),
+            Some((seq, room)) => format!("{url}&since={seq}&since_room={room}"),
             None => url.clone(),
         };
         let code = match session(&url, &state, &mut rx).await {

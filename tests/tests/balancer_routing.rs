@@ -163,3 +163,36 @@ async fn crate_eventually_all_owners(b: &roompin_tests::BalancerProc) {
     )
     .await
 }
+
+/// `hash_param` picks the query parameter the balancer hashes; nodes read
+/// `meeting_id`, so the balancer passes the value on under that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_hash_param_reaches_the_node_as_meeting_id() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let b = &cluster.balancer;
+    let epoch = b.epoch().await;
+    cluster.write_config(&format!(
+        "hash_param = \"room\"\n{}",
+        cluster.toml_with(&[0, 1, 2])
+    ));
+    roompin_tests::eventually(roompin_tests::PATIENCE, "hash_param applied", || async {
+        let ring = b.ring().await.ok()?;
+        (ring["hash_param"] == "room" && b.epoch().await > epoch).then_some(())
+    })
+    .await;
+    let client = WsClient::connect(&b.ws_url("room=weekly.sync&user=ann"))
+        .await
+        .expect("join by room");
+    assert_eq!(client.welcome["meeting_id"], "weekly.sync");
+    assert_eq!(client.node(), b.route("weekly.sync").await.expect("route"));
+    let same = WsClient::connect(&b.ws_url("room=weekly.sync&meeting_id=weekly.sync"))
+        .await
+        .expect("agreeing ids");
+    assert_eq!(same.node(), client.node());
+    let (status, body) = get(&b.url("/sse?room=a&meeting_id=b"))
+        .await
+        .expect("request");
+    assert_eq!((status, body.contains("disagree")), (400, true), "{body}");
+    let (status, body) = get(&b.url("/sse?meeting_id=a")).await.expect("request");
+    assert_eq!((status, body.contains("`room`")), (400, true), "{body}");
+}

@@ -193,7 +193,7 @@ async fn sse_resumes_with_last_event_id_like_since() {
 }
 
 /// A room that restarts (its node died) counts seqs from 1 again, and may
-/// pass a client's old `since` before the client comes back. `room` names
+/// pass a client's old `since` before the client comes back. `since_room` names
 /// the numbering: a resume from another incarnation is not recovered, and
 /// gets the new room's whole history, which it has never seen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +227,7 @@ async fn a_resume_from_another_incarnation_is_not_recovered() {
     // With the old incarnation: not recovered, and the whole new history.
     let c = connect(
         &n,
-        &format!("meeting_id=inc&user=a&since={old_seq}&room={old_room}"),
+        &format!("meeting_id=inc&user=a&since={old_seq}&since_room={old_room}"),
     )
     .await;
     assert_eq!(c.welcome["recovered"], false, "{}", c.welcome);
@@ -243,7 +243,7 @@ async fn a_resume_from_another_incarnation_is_not_recovered() {
     // With the new incarnation and the same seq: exactly what came after it.
     let mut d = connect(
         &n,
-        &format!("meeting_id=inc&user=d&since={old_seq}&room={new_room}"),
+        &format!("meeting_id=inc&user=d&since={old_seq}&since_room={new_room}"),
     )
     .await;
     assert_eq!(d.welcome["recovered"], true, "{}", d.welcome);
@@ -251,9 +251,10 @@ async fn a_resume_from_another_incarnation_is_not_recovered() {
     assert_eq!(replayed["seq"].as_u64(), Some(old_seq + 1));
 
     // A malformed room is refused before anything else.
-    let (status, body) = roompin_tests::get(&n.url("/sse?meeting_id=inc&since=1&room=no%20way"))
-        .await
-        .expect("get");
+    let (status, body) =
+        roompin_tests::get(&n.url("/sse?meeting_id=inc&since=1&since_room=no%20way"))
+            .await
+            .expect("get");
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("room"), "{body}");
+    assert!(body.contains("since_room"), "{body}");
 }
