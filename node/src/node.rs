@@ -5,11 +5,16 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
 use crate::history::Budget;
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
+use crate::params::routed_by;
 use crate::rooms::Rooms;
 use roompin_shared::config::NodeConfig;
+use roompin_shared::MeetingId;
 
 pub struct Node {
     pub id: Arc<str>,
@@ -50,6 +55,14 @@ impl Node {
     pub fn next_conn_id(&self) -> Arc<str> {
         let n = self.next_conn.fetch_add(1, Ordering::Relaxed);
         Arc::from(format!("{}.{n}", self.id))
+    }
+
+    /// The 421 for a meeting another node owns, if it does (see
+    /// `Ownership::check`).
+    pub fn misrouted(&self, meeting: &MeetingId, headers: &HeaderMap) -> Option<Response> {
+        let m = self.ownership.check(meeting, routed_by(headers)).err()?;
+        self.metrics.misrouted.inc();
+        Some((StatusCode::MISDIRECTED_REQUEST, m.to_string()).into_response())
     }
 
     pub fn is_draining(&self) -> bool {

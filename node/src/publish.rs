@@ -3,13 +3,13 @@
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
 
 use crate::node::Node;
-use crate::params::{routed_by, validate_user, JoinParams};
+use crate::params::{validate_user, JoinParams};
 use roompin_shared::protocol::{PublishAccepted, PublishRequest};
 
 /// How often a publish looks the room up again after finding it closed.
@@ -21,7 +21,7 @@ pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
         Err(refusal) => return refusal.into_response(),
     };
     let (parts, body) = req.into_parts();
-    if let Some(refusal) = misrouted(&node, &params, &parts.headers) {
+    if let Some(refusal) = node.misrouted(&params.meeting_id, &parts.headers) {
         return refusal;
     }
     let limit = node.settings.max_message_bytes;
@@ -56,23 +56,13 @@ pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
                 if node.is_draining() {
                     break;
                 }
-                if let Some(refusal) = misrouted(&node, &params, &parts.headers) {
+                if let Some(refusal) = node.misrouted(&params.meeting_id, &parts.headers) {
                     return refusal;
                 }
             }
         }
     }
     moving()
-}
-
-/// The 421 for a meeting another node owns.
-fn misrouted(node: &Node, params: &JoinParams, headers: &HeaderMap) -> Option<Response> {
-    let m = node
-        .ownership
-        .check(&params.meeting_id, routed_by(headers))
-        .err()?;
-    node.metrics.misrouted.inc();
-    Some((StatusCode::MISDIRECTED_REQUEST, m.to_string()).into_response())
 }
 
 fn moving() -> Response {

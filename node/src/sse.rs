@@ -18,7 +18,7 @@ use tokio::time::Interval;
 
 use crate::event::{Event, Kick};
 use crate::node::Node;
-use crate::params::{routed_by, JoinParams};
+use crate::params::JoinParams;
 use crate::room::{MemberHandle, Room};
 use crate::writer::OpenConnection;
 use roompin_shared::protocol::{close, ServerEvent};
@@ -44,12 +44,8 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
             }
         }
     }
-    if let Err(m) = node
-        .ownership
-        .check(&params.meeting_id, routed_by(req.headers()))
-    {
-        node.metrics.misrouted.inc();
-        return (StatusCode::MISDIRECTED_REQUEST, m.to_string()).into_response();
+    if let Some(refusal) = node.misrouted(&params.meeting_id, req.headers()) {
+        return refusal;
     }
 
     let conn_id = node.next_conn_id();

@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{Event, Kick};
 use crate::node::Node;
-use crate::params::{routed_by, JoinParams};
+use crate::params::JoinParams;
 use crate::room::{MemberHandle, Room};
 use crate::writer::{self, unix_ms};
 use roompin_shared::protocol::{close, error_code, ClientFrame, ServerEvent};
@@ -50,12 +50,8 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             return resp;
         }
     };
-    if let Err(m) = node
-        .ownership
-        .check(&params.meeting_id, routed_by(req.headers()))
-    {
-        node.metrics.misrouted.inc();
-        return (StatusCode::MISDIRECTED_REQUEST, m.to_string()).into_response();
+    if let Some(refusal) = node.misrouted(&params.meeting_id, req.headers()) {
+        return refusal;
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_node = node.clone();
@@ -209,7 +205,7 @@ fn on_text(node: &Node, room: &Room, user: &str, tx: &mpsc::Sender<Arc<Event>>, 
             Ok(_) => node.metrics.events_received.inc(),
             Err(_) => reply_error(
                 tx,
-                "room_moved",
+                error_code::ROOM_MOVED,
                 "not delivered: the room is moving; resend after reconnecting",
             ),
         },

@@ -48,6 +48,9 @@ pub mod error_code {
     pub const MISSING_TYPE: &str = "missing_type";
     pub const MISSING_TEXT: &str = "missing_text";
     pub const BINARY_UNSUPPORTED: &str = "binary_unsupported";
+    /// A message sent while its room was being handed to another node was
+    /// not delivered; resend it after the 4001 reconnect.
+    pub const ROOM_MOVED: &str = "room_moved";
 }
 
 /// What a client may send.
