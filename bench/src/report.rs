@@ -1,0 +1,451 @@
+//! The tables of docs/BENCHMARKS.md (between its `bench:results` markers)
+//! and the plot docs/benchmarks.svg, both from one results JSON.
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::loadgen::f;
+
+pub const BEGIN: &str =
+    "<!-- bench:results:begin (written by roompin-bench; edit outside these markers) -->";
+pub const END: &str = "<!-- bench:results:end -->";
+
+/// (YYYY-MM-DD, HH:MM:SS) in UTC, from the system clock.
+pub fn utc_now() -> (String, String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2}", us / 1000.0)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a > 0.0 && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**missed**"
+    }
+}
+
+fn thousands(x: f64) -> String {
+    let n = x.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// Markdown for every scenario in `doc`.
+pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
+    let mut o = String::new();
+    let sc = &doc["scenarios"];
+    let m = &doc["machine"];
+    let rel = json_path.strip_prefix(root).unwrap_or(json_path);
+    let _ = writeln!(
+        o,
+        "Run of {} {} UTC, {:.0} s in all; raw numbers: [`{}`]({}).",
+        doc["date"].as_str().unwrap_or(""),
+        doc["time_utc"].as_str().unwrap_or(""),
+        f(doc, "wall_s"),
+        rel.display(),
+        Path::new("..").join(rel).display()
+    );
+    let _ = writeln!(
+        o,
+        "Machine: {} × {}, {} GiB, {}, kernel {}; load average {} at the start, {} at the end.\n",
+        m["cores"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["memory_gib"],
+        m["os"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?"),
+        m["loadavg_at_start"].as_str().unwrap_or("?"),
+        doc["loadavg_at_end"].as_str().unwrap_or("?")
+    );
+    let v = &m["versions"];
+    let _ = writeln!(
+        o,
+        "Versions: roompin {} ({}), {}, nginx {}, {}, node {}, socket.io {}, ws {}.\n",
+        v["roompin"].as_str().unwrap_or("?"),
+        v["git"].as_str().unwrap_or("?"),
+        v["rustc"].as_str().unwrap_or("?"),
+        v["nginx"].as_str().unwrap_or("?"),
+        v["haproxy"].as_str().unwrap_or("?"),
+        v["node"].as_str().unwrap_or("?"),
+        v["socket.io"].as_str().unwrap_or("?"),
+        v["ws"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(o, "![p99 against load, per system](benchmarks.svg)\n");
+
+    let px = &sc["proxy_overhead"];
+    if px["summary"].is_object() {
+        let fx = &px["summary"]["fixed"];
+        let mr = &px["summary"]["max_rate"];
+        let _ = writeln!(o, "### 1. Proxy overhead\n");
+        let _ = writeln!(o, "Round trips through rooms of one at {} round trips/s ({} connections × {}/s), median of {} alternating rounds of {} each:\n",
+            thousands(f(px, "params.fixed.offered_per_sec")), f(px, "params.fixed.conns"), f(px, "params.fixed.rate_per_conn"), f(px, "params.fixed.rounds"), px["params"]["fixed"]["duration"].as_str().unwrap_or("?"));
+        let _ = writeln!(o, "| system | p50 ms | p99 ms | p99.9 ms | p99 spread over rounds | lost | p99 vs nginx | max rate (p99 ≤ 10 ms) | max rate vs nginx |");
+        let _ = writeln!(
+            o,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let nginx_p99 = f(fx, "nginx.p99_us");
+        let nginx_max = f(mr, "nginx.max_delivered_per_sec");
+        for s in ["roompin", "nginx", "haproxy", "direct"] {
+            let x = &fx[s];
+            let max = f(mr, &format!("{s}.max_delivered_per_sec"));
+            let capped = mr[s]["reached_limit"] == false;
+            let _ = writeln!(
+                o,
+                "| {s} | {} | {} | {} | {:.0}% | {} | {} | {}{} | {} |",
+                ms(f(x, "p50_us")),
+                ms(f(x, "p99_us")),
+                ms(f(x, "p999_us")),
+                f(x, "p99_spread") * 100.0,
+                f(x, "lost"),
+                ratio(f(x, "p99_us"), nginx_p99),
+                if capped { "≥ " } else { "" },
+                thousands(max),
+                ratio(max, nginx_max)
+            );
+        }
+        let rp = f(fx, "roompin.p99_us");
+        let rmax = f(mr, "roompin.max_delivered_per_sec");
+        let _ = writeln!(o, "\nTargets: roompin's p99 ≤ nginx's: {} ({} vs {} ms); roompin's max rate ≥ nginx's: {} ({} vs {} round trips/s).\n",
+            verdict(rp > 0.0 && rp <= nginx_p99), ms(rp), ms(nginx_p99), verdict(rmax > 0.0 && rmax >= nginx_max), thousands(rmax), thousands(nginx_max));
+    }
+
+    let fan = &sc["fanout"];
+    if fan["summary"].is_object() {
+        let s = &fan["summary"]["systems"];
+        let _ = writeln!(o, "### 2. Fan-out\n");
+        let _ = writeln!(o, "One room of {} members, one publisher; the rate rises ×{} per step from {} msg/s until p99 passes 50 ms. CPU is the server process's (user + system) over the window and drain, per million chat frames delivered; \"at {} msg/s\" is the highest rate every system passed.\n",
+            f(fan, "params.members"), f(fan, "params.factor"), f(fan, "params.start_rate"), f(fan, "summary.common_rate").round());
+        let _ = writeln!(o, "| system | max frames/s (p99 ≤ 50 ms) | at msg/s | p99 ms there | CPU s / M frames there | CPU s / M frames at {} msg/s | loadgen CPU s there | roompin's max vs this |", f(fan, "summary.common_rate").round());
+        let _ = writeln!(
+            o,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let rmax = f(s, "roompin.max_frames_per_sec");
+        for name in ["roompin", "ws", "socketio"] {
+            let x = &s[name];
+            let capped = x["reached_limit"] == false;
+            let _ = writeln!(
+                o,
+                "| {name} | {}{} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {} |",
+                if capped { "≥ " } else { "" },
+                thousands(f(x, "max_frames_per_sec")),
+                f(x, "max_at_rate"),
+                ms(f(x, "p99_us_at_max")),
+                f(x, "cpu_seconds_per_million_frames_at_max"),
+                f(x, "cpu_seconds_per_million_frames_at_common_rate"),
+                f(x, "loadgen_cpu_seconds_at_max"),
+                ratio(rmax, f(x, "max_frames_per_sec"))
+            );
+        }
+        let sio = f(s, "socketio.max_frames_per_sec");
+        let wsx = f(s, "ws.max_frames_per_sec");
+        let _ = writeln!(
+            o,
+            "\nTargets: ≥ 5× Socket.IO: {} ({}); ≥ 1.5× ws: {} ({}).\n",
+            verdict(sio > 0.0 && rmax >= 5.0 * sio),
+            ratio(rmax, sio),
+            verdict(wsx > 0.0 && rmax >= 1.5 * wsx),
+            ratio(rmax, wsx)
+        );
+    }
+
+    let idle = &sc["idle_cost"];
+    if idle["summary"].is_object() {
+        let s = &idle["summary"];
+        let _ = writeln!(o, "### 3. Idle cost\n");
+        let _ = writeln!(o, "{} idle WebSockets through each proxy to 3 fresh nodes (median of {} rounds); RSS growth from before the ramp to the end of the window, over the connections open.\n",
+            thousands(f(idle, "params.conns")), f(idle, "params.rounds"));
+        let _ = writeln!(
+            o,
+            "| proxy | connections held | proxy KiB / conn | nodes KiB / conn |"
+        );
+        let _ = writeln!(o, "| --- | ---: | ---: | ---: |");
+        for name in ["roompin", "nginx", "haproxy"] {
+            let x = &s[name];
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {:.2} | {:.2} |",
+                thousands(f(x, "connections_ok")),
+                f(x, "proxy_bytes_per_conn") / 1024.0,
+                f(x, "nodes_bytes_per_conn") / 1024.0
+            );
+        }
+        let node = f(s, "roompin.nodes_bytes_per_conn") / 1024.0;
+        let b = f(s, "roompin.proxy_bytes_per_conn");
+        let n = f(s, "nginx.proxy_bytes_per_conn");
+        let _ = writeln!(o, "\nTargets: node ≤ 10 KiB/conn: {} ({node:.2} KiB); balancer ≤ nginx: {} ({:.2} vs {:.2} KiB, {}).\n",
+            verdict(node > 0.0 && node <= 10.0), verdict(b > 0.0 && b <= n), b / 1024.0, n / 1024.0, ratio(b, n));
+    }
+
+    let mb = &sc["membership"];
+    if mb["summary"].is_object() {
+        let s = &mb["summary"];
+        let _ = writeln!(o, "### 4. Membership change under load\n");
+        let _ = writeln!(o, "{} meetings × 3 members through the balancer, 1 msg/s each; a 4th node added to the TOML, then removed. Watched every {} ms.\n",
+            thousands(f(s, "meetings")), f(mb, "params.sample_ms"));
+        let _ = writeln!(o, "| change | all on new owner after | last split seen at | most meetings split at once | rooms moved | by the ring | ideal (1/N) | moved / ideal |");
+        let _ = writeln!(
+            o,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for c in s["changes"].as_array().into_iter().flatten() {
+            let conv = c["converged_ms"]
+                .as_u64()
+                .map_or("not within the cap".into(), |v| format!("{v} ms"));
+            let split = c["last_split_ms"]
+                .as_u64()
+                .map_or("never".into(), |v| format!("{v} ms"));
+            let _ = writeln!(
+                o,
+                "| {} | {conv} | {split} | {} | {} | {} | {:.0} | {:.2} |",
+                c["change"].as_str().unwrap_or("?"),
+                f(c, "max_split_meetings"),
+                f(c, "rooms_moved"),
+                f(c, "rooms_moved_by_ring"),
+                f(c, "ideal_moved"),
+                f(c, "moved_over_ideal")
+            );
+        }
+        let _ = writeln!(o, "\nMessages: {} published, {} deliveries expected; **{} lost, {} duplicated**; {} resent after `room_moved`/no echo ({} `room_moved` errors); reconnects: {} after 4001, {} other; {} resumes not recovered.\n",
+            thousands(f(s, "published")), thousands(f(s, "deliveries_expected")), f(s, "lost"), f(s, "duplicates"), f(s, "resent"), f(s, "room_moved_errors"), f(s, "reconnects_4001"), f(s, "reconnects_other"), f(s, "not_recovered"));
+    }
+
+    let ring = &sc["ring"];
+    if ring["summary"].is_object() {
+        let s = &ring["summary"];
+        let _ = writeln!(o, "### 5. Ring\n");
+        let mut lk = Vec::new();
+        for l in s["lookup_loop"].as_array().into_iter().flatten() {
+            lk.push(format!(
+                "{} nodes × {} vnodes: {:.0} ns (loop)",
+                l["nodes"],
+                l["vnodes"],
+                f(l, "ns_per_lookup")
+            ));
+        }
+        if let Some(c) = s["lookup_criterion"].as_object() {
+            for (k, v) in c {
+                if let Some(mean) = v["mean_ns"].as_f64() {
+                    lk.push(format!("{k}: {mean:.0} ns (criterion mean)"));
+                }
+            }
+        }
+        let _ = writeln!(o, "Lookup: {}.\n", lk.join("; "));
+        let _ = writeln!(
+            o,
+            "Over {} meeting ids:\n",
+            thousands(f(ring, "params.keys"))
+        );
+        let _ = writeln!(o, "| vnodes | nodes | busiest / mean | moved on add (ideal) | only to the new node | moved on remove (ideal) | only from the removed |");
+        let _ = writeln!(o, "| ---: | ---: | ---: | ---: | :---: | ---: | :---: |");
+        for r in s["balance"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.3} | {:.2}% ({:.2}%) | {} | {:.2}% ({:.2}%) | {} |",
+                r["vnodes"],
+                r["nodes"],
+                f(r, "balance_max_over_mean"),
+                f(r, "moved_on_add") * 100.0,
+                f(r, "ideal_on_add") * 100.0,
+                if r["moved_on_add_only_to_new"] == true {
+                    "yes"
+                } else {
+                    "no"
+                },
+                f(r, "moved_on_remove") * 100.0,
+                f(r, "ideal_on_remove") * 100.0,
+                if r["moved_on_remove_only_from_removed"] == true {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+        }
+        o.push('\n');
+    }
+    for (name, v) in sc.as_object().into_iter().flatten() {
+        if let Some(e) = v["error"].as_str() {
+            let _ = writeln!(
+                o,
+                "**{name} failed in this run:** `{}`\n",
+                e.lines().next().unwrap_or("")
+            );
+        }
+    }
+    o
+}
+
+/// Replaces the part of `md` between the markers (or appends it).
+pub fn update_doc(md: &Path, tables: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(md).unwrap_or_default();
+    let block = format!("{BEGIN}\n\n{tables}\n{END}");
+    let new = match (text.find(BEGIN), text.find(END)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
+        _ => format!("{text}\n{block}\n"),
+    };
+    std::fs::write(md, new).with_context(|| format!("cannot write {}", md.display()))
+}
+
+const COLORS: [RGBColor; 4] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(120, 120, 120),
+];
+
+/// (x, y) points of one system's ladder.
+fn series(runs: &Value, system: &str, x: &str) -> Vec<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["system"] == system)
+        .map(|r| {
+            (
+                f(&r["result"], x),
+                f(&r["result"], "p99_us").max(1.0) / 1000.0,
+            )
+        })
+        .filter(|(x, _)| *x > 0.0)
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    pts
+}
+
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    x_desc: &str,
+    lines: &[(&str, Vec<(f64, f64)>)],
+    limit_ms: f64,
+) -> anyhow::Result<()> {
+    let xmax = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let ymax = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.1))
+        .fold(limit_ms * 2.0, f64::max)
+        * 1.5;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..xmax, (0.05f64..ymax).log_scale())
+        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("p99 latency, ms (log)")
+        .x_label_formatter(&|x| thousands(*x))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    chart
+        .draw_series(LineSeries::new(
+            vec![(0.0, limit_ms), (xmax, limit_ms)],
+            RED.stroke_width(1),
+        ))
+        .map_err(|e| anyhow::anyhow!("plot: {e}"))?
+        .label(format!("p99 limit {limit_ms} ms"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
+    for (i, (name, pts)) in lines.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    Ok(())
+}
+
+/// Two panels: the proxy ladder and the fan-out ladder, p99 against load.
+pub fn plot(doc: &Value, path: &Path) -> anyhow::Result<()> {
+    let sc = &doc["scenarios"];
+    let root = SVGBackend::new(path, (1200, 460)).into_drawing_area();
+    root.fill(&WHITE)
+        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    let (left, right) = root.split_horizontally(600);
+    let px = &sc["proxy_overhead"]["ladder_runs"];
+    let px_lines: Vec<(&str, Vec<(f64, f64)>)> = ["roompin", "nginx", "haproxy", "direct"]
+        .iter()
+        .map(|s| (*s, series(px, s, "delivered_per_sec")))
+        .collect();
+    panel(
+        &left,
+        "1. Proxy overhead: round trips",
+        "round trips delivered per second",
+        &px_lines,
+        10.0,
+    )?;
+    let fan = &sc["fanout"]["runs"];
+    let fan_lines: Vec<(&str, Vec<(f64, f64)>)> = ["roompin", "ws", "socketio"]
+        .iter()
+        .map(|s| (*s, series(fan, s, "delivered_per_sec")))
+        .collect();
+    panel(
+        &right,
+        "2. Fan-out: one room of 1,000",
+        "frames delivered per second",
+        &fan_lines,
+        50.0,
+    )?;
+    root.present().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,573 @@
+//! Scenario 4, a membership change under load: 3,000 meetings × 3 members
+//! through the balancer, each member publishing 1 msg/s. A fourth node is
+//! added by editing the balancer TOML live, then removed again. Measured:
+//! how long until no meeting is split and every member sits on its ring
+//! owner, the rooms moved against the ideal 1/N, and messages lost or
+//! duplicated.
+//!
+//! The members here reconnect by docs/PROTOCOL.md's rules (4001: at once
+//! after 0–250 ms of jitter; otherwise exponential backoff with full
+//! jitter; always resume with `since=<last seq>&room=<welcome.room>`), and
+//! they resend a message the node refused (`room_moved`) or never echoed
+//! once they are back in the room. Each message carries `<user>:<k>`, so
+//! every member can tell, without trusting the server's seqs, which
+//! messages of its meeting it got, and how often.
+
+use futures_util::{SinkExt, StreamExt};
+use rand::{Rng, SeedableRng};
+use roompin_shared::{Member as RingMember, Ring};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::env::Env;
+use crate::peers::roompin::{self, Balancer, Node};
+
+const TOKEN: &str = "bench-control-token";
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const SAMPLE: Duration = Duration::from_millis(50);
+
+/// What the sampler can see of every member, without locks.
+struct Shared {
+    /// 0: not in a room now; i + 1: in a room on node i.
+    node: Vec<AtomicU8>,
+    publish: AtomicBool,
+    stop: AtomicBool,
+    reconnects_4001: AtomicU64,
+    reconnects_other: AtomicU64,
+    not_recovered: AtomicU64,
+    room_moved_errors: AtomicU64,
+    resent: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+/// A member's own tally, handed back when it ends.
+#[derive(Default)]
+struct Tally {
+    /// Messages this member published (`k` from 0).
+    published: u64,
+    /// Published but never echoed back to it.
+    unacked: usize,
+    received: HashSet<(u8, u64)>,
+    duplicates: u64,
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    conn_id: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    recovered: Option<bool>,
+}
+
+fn node_index(id: &str) -> u8 {
+    id.rsplit('-')
+        .next()
+        .and_then(|i| i.parse::<u8>().ok())
+        .map_or(0, |i| i.saturating_add(1))
+}
+
+struct MemberSpec {
+    index: usize,
+    meeting: String,
+    user: u8,
+    target: SocketAddr,
+    source: IpAddr,
+    connect_at: Instant,
+}
+
+async fn member(spec: MemberSpec, shared: Arc<Shared>) -> Tally {
+    let mut t = Tally::default();
+    let mut unacked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut resume: Option<(u64, String)> = None; // (last seq, room)
+    let mut attempt = 0u32;
+    let mut delay = spec.connect_at.saturating_duration_since(Instant::now());
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let me = format!("u{}", spec.user);
+    // First publish at a random phase of the second.
+    let mut next_publish = spec.connect_at + Duration::from_millis(rng.random_range(0..1000));
+    while !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(delay).await;
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut url = format!(
+            "ws://{}/websocket?meeting_id={}&user={me}",
+            spec.target, spec.meeting
+        );
+        if let Some((seq, room)) = &resume {
+            url.push_str(&format!("&since={seq}&room={room}"));
+        }
+        let ws = async {
+            let socket = TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::new(spec.source, 0))?;
+            let stream = socket.connect(spec.target).await?;
+            stream.set_nodelay(true)?;
+            let config = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0);
+            let (ws, _) =
+                tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(ws)
+        };
+        let mut ws = match tokio::time::timeout(Duration::from_secs(10), ws).await {
+            Ok(Ok(ws)) => ws,
+            _ => {
+                shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                shared.reconnects_other.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                delay = backoff(&mut rng, attempt);
+                continue;
+            }
+        };
+        let mut my_conn = String::new();
+        let mut joined = false;
+        let mut close_code: Option<u16> = None;
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let frame = tokio::select! {
+                m = ws.next() => m,
+                _ = ticker.tick() => {
+                    if shared.stop.load(Ordering::Relaxed) {
+                        let _ = tokio::time::timeout(Duration::from_millis(500), ws.close(None)).await;
+                        break;
+                    }
+                    // Publish what is due (queued while away, sent once in).
+                    while shared.publish.load(Ordering::Relaxed) && Instant::now() >= next_publish {
+                        next_publish += Duration::from_secs(1);
+                        let k = t.published;
+                        t.published += 1;
+                        let text = format!("{me}:{k}");
+                        let frame = json!({"type": "message", "text": text}).to_string();
+                        unacked.insert(k, frame.clone());
+                        if joined && ws.send(Message::text(frame)).await.is_err() {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            };
+            let text = match frame {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(c))) => {
+                    close_code = c.map(|c| u16::from(c.code));
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break,
+            };
+            let Ok(f) = serde_json::from_str::<Frame>(&text) else {
+                continue;
+            };
+            // The welcome's seq is the room's, not one we have seen yet.
+            if let (Some(seq), false) = (f.seq, f.kind == "welcome") {
+                if let Some((last, _)) = resume.as_mut() {
+                    *last = (*last).max(seq);
+                }
+            }
+            match f.kind.as_str() {
+                "welcome" => {
+                    let room = f.room.unwrap_or_default();
+                    let seq = f.seq.unwrap_or(0);
+                    if f.recovered == Some(false) {
+                        shared.not_recovered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A new incarnation numbers afresh: the replay is all new.
+                    resume = match resume.take() {
+                        Some((last, r)) if r == room => Some((last, r)),
+                        // First connection: the live stream starts after `seq`.
+                        None => Some((seq, room)),
+                        _ => Some((0, room)),
+                    };
+                    my_conn = f.conn_id.unwrap_or_default();
+                    shared.node[spec.index].store(
+                        node_index(f.node.as_deref().unwrap_or("")),
+                        Ordering::Relaxed,
+                    );
+                    attempt = 0;
+                }
+                "join" => {
+                    if !joined && f.conn_id.as_deref() == Some(my_conn.as_str()) {
+                        // The replay is over: resend what never came back.
+                        joined = true;
+                        for frame in unacked.values() {
+                            shared.resent.fetch_add(1, Ordering::Relaxed);
+                            if ws.send(Message::text(frame.clone())).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                "message" => {
+                    let id = f.text.as_deref().and_then(|t| {
+                        let (u, k) = t.split_once(':')?;
+                        Some((
+                            u.strip_prefix('u')?.parse::<u8>().ok()?,
+                            k.parse::<u64>().ok()?,
+                        ))
+                    });
+                    if let Some(id) = id {
+                        if !t.received.insert(id) {
+                            t.duplicates += 1;
+                        }
+                        if f.from.as_deref() == Some(me.as_str()) && id.0 == spec.user {
+                            unacked.remove(&id.1);
+                        }
+                    }
+                }
+                "error" if f.code.as_deref() == Some("room_moved") => {
+                    shared.room_moved_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        shared.node[spec.index].store(0, Ordering::Relaxed);
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match close_code {
+            Some(4001) | Some(4002) => {
+                shared.reconnects_4001.fetch_add(1, Ordering::Relaxed);
+                delay = Duration::from_millis(rng.random_range(0..=250));
+            }
+            _ => {
+                shared.reconnects_other.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                delay = backoff(&mut rng, attempt);
+            }
+        }
+    }
+    t.unacked = unacked.len();
+    t
+}
+
+fn backoff(rng: &mut impl Rng, attempt: u32) -> Duration {
+    let cap = FIRST_BACKOFF
+        .saturating_mul(1u32 << attempt.min(10))
+        .min(MAX_BACKOFF);
+    Duration::from_millis(rng.random_range(0..=cap.as_millis() as u64))
+}
+
+/// Per meeting: the node its connected members are on (0 when none is
+/// connected), and whether they are on more than one.
+fn snapshot(shared: &Shared, meetings: usize) -> (Vec<u8>, usize, usize) {
+    let mut nodes = vec![0u8; meetings];
+    let mut split = 0;
+    let mut away = 0;
+    for m in 0..meetings {
+        let mut seen = 0u8;
+        let mut is_split = false;
+        for u in 0..3 {
+            let n = shared.node[m * 3 + u].load(Ordering::Relaxed);
+            if n == 0 {
+                away += 1;
+            } else if seen == 0 {
+                seen = n;
+            } else if seen != n {
+                is_split = true;
+            }
+        }
+        nodes[m] = seen;
+        split += is_split as usize;
+    }
+    (nodes, split, away)
+}
+
+fn ring_owners(nodes: &[&Node], meetings: &[String]) -> Vec<u8> {
+    let members = nodes
+        .iter()
+        .map(|n| RingMember {
+            id: n.id.clone(),
+            addr: n.addr.to_string(),
+            weight: 1,
+        })
+        .collect();
+    let ring = Ring::new(members, 512);
+    meetings
+        .iter()
+        .map(|m| ring.owner(m).map_or(0, |o| node_index(&o.id)))
+        .collect()
+}
+
+/// Edits the TOML to `nodes` and watches until every member is on its new
+/// ring owner (and a little longer, for late splits), within `cap`.
+async fn change(
+    label: &str,
+    balancer: &Balancer,
+    nodes: &[&Node],
+    meetings: &[String],
+    shared: &Shared,
+    cap: Duration,
+    linger: Duration,
+) -> anyhow::Result<Value> {
+    let n = meetings.len();
+    let (before, split0, away0) = snapshot(shared, n);
+    let want = ring_owners(nodes, meetings);
+    let ring_moves = before.iter().zip(&want).filter(|(a, b)| a != b).count();
+    let t0 = Instant::now();
+    balancer.config.write(nodes)?;
+    let mut last_split: Option<Duration> = None;
+    let mut max_split = 0usize;
+    let mut converged: Option<Duration> = None;
+    let mut samples = 0u64;
+    let mut split_samples = 0u64;
+    let mut after = before.clone();
+    while t0.elapsed() < cap {
+        tokio::time::sleep(SAMPLE).await;
+        let (now, split, away) = snapshot(shared, n);
+        samples += 1;
+        if split > 0 {
+            last_split = Some(t0.elapsed());
+            split_samples += 1;
+        }
+        max_split = max_split.max(split);
+        if converged.is_none() && away == 0 && split == 0 && now == want {
+            converged = Some(t0.elapsed());
+            after = now;
+        }
+        // Keep watching a while past convergence for late splits.
+        if converged.is_some_and(|c| t0.elapsed() > c + linger) {
+            break;
+        }
+    }
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    // 1/N of the bigger ring: the new node's share, or the removed one's.
+    let ideal = n as f64 / nodes.len().max(before_members(&before)) as f64;
+    eprintln!(
+        "  {label}: converged {:?}, last split {:?}, max split {max_split}, moved {moved} (ring {ring_moves}, ideal {ideal:.0})",
+        converged, last_split
+    );
+    Ok(json!({
+        "change": label,
+        "nodes_after": nodes.len(),
+        "converged_ms": converged.map(|d| d.as_millis() as u64),
+        "last_split_ms": last_split.map(|d| d.as_millis() as u64),
+        "no_split_after_ms": last_split.map_or(0, |d| d.as_millis() as u64),
+        "max_split_meetings": max_split,
+        "split_samples": split_samples,
+        "samples": samples,
+        "split_before": split0,
+        "members_away_before": away0,
+        "rooms_moved": moved,
+        "rooms_moved_by_ring": ring_moves,
+        "ideal_moved": ideal,
+        "moved_over_ideal": moved as f64 / ideal.max(1.0),
+    }))
+}
+
+/// Distinct nodes in use in a snapshot (for the ideal 1/N of the bigger ring).
+fn before_members(nodes: &[u8]) -> usize {
+    nodes
+        .iter()
+        .filter(|n| **n != 0)
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+pub async fn run(env: &Env) -> anyhow::Result<Value> {
+    let (meetings_n, steady, cap, linger) = if env.smoke {
+        (
+            20usize,
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+        )
+    } else {
+        (
+            3000,
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        )
+    };
+    let nodes = roompin::start_nodes(env, "mb", 4, Some(TOKEN)).await?;
+    let three: Vec<&Node> = nodes[..3].iter().collect();
+    let four: Vec<&Node> = nodes.iter().collect();
+    let balancer = Balancer::start(env, "mb-balancer", &three, Some(TOKEN)).await?;
+    let meetings: Vec<String> = (0..meetings_n).map(|i| format!("mb-{i:05}")).collect();
+    let shared = Arc::new(Shared {
+        node: (0..meetings_n * 3).map(|_| AtomicU8::new(0)).collect(),
+        publish: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        reconnects_4001: AtomicU64::new(0),
+        reconnects_other: AtomicU64::new(0),
+        not_recovered: AtomicU64::new(0),
+        room_moved_errors: AtomicU64::new(0),
+        resent: AtomicU64::new(0),
+        connect_failures: AtomicU64::new(0),
+    });
+    // Connect at 3,000/s from 127.0.0.2-50.
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(meetings_n * 3);
+    for (m, meeting) in meetings.iter().enumerate() {
+        for u in 0..3u8 {
+            let index = m * 3 + u as usize;
+            let spec = MemberSpec {
+                index,
+                meeting: meeting.clone(),
+                user: u,
+                target: balancer.addr(),
+                source: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (index % 49) as u8)),
+                connect_at: start + Duration::from_secs_f64(index as f64 / 3000.0),
+            };
+            tasks.push(tokio::spawn(member(spec, shared.clone())));
+        }
+    }
+    let result = async {
+        // All in, within a bound.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, split, away) = snapshot(&shared, meetings_n);
+            if away == 0 && split == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{away} of {} members not connected after 60 s",
+                meetings_n * 3
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let connected_s = start.elapsed().as_secs_f64();
+        shared.publish.store(true, Ordering::Relaxed);
+        let publish_start = Instant::now();
+        tokio::time::sleep(steady).await;
+        let add = change(
+            "add a 4th node",
+            &balancer,
+            &four,
+            &meetings,
+            &shared,
+            cap,
+            linger,
+        )
+        .await?;
+        tokio::time::sleep(steady).await;
+        let remove = change(
+            "remove it again",
+            &balancer,
+            &three,
+            &meetings,
+            &shared,
+            cap,
+            linger,
+        )
+        .await?;
+        tokio::time::sleep(steady).await;
+        shared.publish.store(false, Ordering::Relaxed);
+        let publish_s = publish_start.elapsed().as_secs_f64();
+        // Drain: the last messages and any resends arrive.
+        tokio::time::sleep(if env.smoke {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(3)
+        })
+        .await;
+        anyhow::Ok((connected_s, publish_s, add, remove))
+    }
+    .await;
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut tallies = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(15), t).await {
+            Ok(Ok(t)) => tallies.push(t),
+            _ => tallies.push(Tally::default()),
+        }
+    }
+    let (connected_s, publish_s, add, remove) = result?;
+
+    // Every member should have every message of its meeting exactly once.
+    let mut published = 0u64;
+    let mut lost = 0u64;
+    let mut duplicates = 0u64;
+    let mut unacked = 0u64;
+    for m in 0..meetings_n {
+        let room = &tallies[m * 3..m * 3 + 3];
+        let ids: HashSet<(u8, u64)> = room
+            .iter()
+            .enumerate()
+            .flat_map(|(u, t)| (0..t.published).map(move |k| (u as u8, k)))
+            .collect();
+        published += ids.len() as u64;
+        for t in room {
+            lost += ids.iter().filter(|id| !t.received.contains(id)).count() as u64;
+            duplicates += t.duplicates;
+            unacked += t.unacked as u64;
+        }
+    }
+    let deliveries_expected = published * 3;
+    let s = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let balancer_metrics = crate::procs::http_get(balancer.config.admin, "/metrics")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| {
+                    l.starts_with("roompin_balancer_rooms_moved_total")
+                        || l.starts_with("roompin_balancer_ring_epoch")
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let summary = json!({
+        "meetings": meetings_n,
+        "members": meetings_n * 3,
+        "connected_in_s": connected_s,
+        "publish_s": publish_s,
+        "published": published,
+        "deliveries_expected": deliveries_expected,
+        "lost": lost,
+        "duplicates": duplicates,
+        "never_echoed": unacked,
+        "resent": s(&shared.resent),
+        "room_moved_errors": s(&shared.room_moved_errors),
+        "reconnects_4001": s(&shared.reconnects_4001),
+        "reconnects_other": s(&shared.reconnects_other),
+        "connect_failures": s(&shared.connect_failures),
+        "not_recovered": s(&shared.not_recovered),
+        "changes": [add, remove],
+        "balancer_metrics": balancer_metrics,
+    });
+    drop(balancer);
+    drop(nodes);
+    Ok(json!({
+        "params": { "meetings": meetings_n, "members_per_meeting": 3, "msgs_per_sec_per_member": 1, "steady_s": steady.as_secs(), "watch_cap_s": cap.as_secs(), "sample_ms": SAMPLE.as_millis() as u64, "vnodes": 512 },
+        "summary": summary,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_indices() {
+        assert_eq!(node_index("mb-0"), 1);
+        assert_eq!(node_index("mb-3"), 4);
+        assert_eq!(node_index("x"), 0);
+    }
+}

@@ -1,0 +1,201 @@
+//! Scenario 1, proxy overhead: the same three nodes behind roompin-balancer,
+//! nginx and HAProxy, and direct (one node). Round trips through rooms of
+//! one (loadgen `rtt`): the latency at a fixed offered rate, then the
+//! highest delivered rate whose p99 stays within 10 ms.
+
+use serde_json::{json, Value};
+
+use super::{args, brief, median, pid_args, rotated, spread};
+use crate::env::Env;
+use crate::loadgen::{self, f};
+use crate::peers::{haproxy, nginx, roompin, Front};
+
+pub const P99_LIMIT_US: f64 = 10_000.0;
+
+struct Params {
+    conns: u64,
+    rate_per_conn: f64,
+    duration: &'static str,
+    rounds: usize,
+    ladder_conns: u64,
+    ladder_start: f64,
+    ladder_factor: f64,
+    ladder_steps: usize,
+    ladder_duration: &'static str,
+}
+
+pub async fn run(env: &Env) -> anyhow::Result<Value> {
+    let p = if env.smoke {
+        Params {
+            conns: 4,
+            rate_per_conn: 20.0,
+            duration: "1s",
+            rounds: 1,
+            ladder_conns: 4,
+            ladder_start: 200.0,
+            ladder_factor: 2.0,
+            ladder_steps: 1,
+            ladder_duration: "1s",
+        }
+    } else {
+        Params {
+            conns: 50,
+            rate_per_conn: 40.0,
+            duration: "8s",
+            rounds: 3,
+            ladder_conns: 100,
+            ladder_start: 4000.0,
+            ladder_factor: 1.5,
+            ladder_steps: 7,
+            ladder_duration: "4s",
+        }
+    };
+    let nodes = roompin::start_nodes(env, "px", 3, None).await?;
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let refs: Vec<&roompin::Node> = nodes.iter().collect();
+    let balancer = roompin::Balancer::start(env, "px-balancer", &refs, None)
+        .await?
+        .front();
+    let nginx = nginx::start(env, &addrs, 2).await?;
+    let haproxy = haproxy::start(env, &addrs, 2).await?;
+    let direct = Front {
+        name: "direct",
+        addr: nodes[0].addr,
+        pids: vec![],
+        _procs: vec![],
+    };
+    let systems: Vec<&Front> = vec![&balancer, &nginx, &haproxy, &direct];
+    let names: Vec<&str> = systems.iter().map(|s| s.name).collect();
+
+    // 1. Fixed offered rate, every system once per round, in rotation.
+    let offered = p.conns as f64 * p.rate_per_conn;
+    eprintln!("  fixed rate: {offered} round trips/s, {} rounds", p.rounds);
+    let mut fixed: Vec<(String, Value)> = Vec::new();
+    for round in 0..p.rounds {
+        for sys in rotated(&systems, round) {
+            let mut a = args(&["--duration", p.duration, "--ramp", "500", "--payload", "64"]);
+            a.extend(env.phases("1s", "1s"));
+            a.extend([
+                "--conns".into(),
+                p.conns.to_string(),
+                "--rate".into(),
+                p.rate_per_conn.to_string(),
+            ]);
+            a.extend(pid_args(&sys.pids));
+            let r = loadgen::run(
+                env,
+                &format!("px-fixed-{}-r{round}", sys.name),
+                "rtt",
+                &sys.addr.to_string(),
+                &a,
+            )
+            .await?;
+            let mut b = brief(&r);
+            b["round"] = json!(round);
+            b["proxy_cpu_seconds"] = json!(super::cpu_window(&r));
+            fixed.push((sys.name.to_owned(), b));
+        }
+    }
+    let mut fixed_summary = serde_json::Map::new();
+    for name in &names {
+        let runs: Vec<&Value> = fixed
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect();
+        let q = |k: &str| runs.iter().map(|v| f(v, k)).collect::<Vec<f64>>();
+        fixed_summary.insert(
+            name.to_string(),
+            json!({
+                "p50_us": median(q("p50_us")),
+                "p99_us": median(q("p99_us")),
+                "p999_us": median(q("p999_us")),
+                "p99_spread": spread(&q("p99_us")),
+                "lost": q("lost").iter().sum::<f64>(),
+                "proxy_cpu_seconds": median(q("proxy_cpu_seconds")),
+                "runs": runs.len(),
+            }),
+        );
+    }
+
+    // 2. The ladder: raise the offered rate until p99 passes 10 ms (or
+    // round trips go missing); each step runs the systems still in, rotated.
+    let mut ladder: Vec<(String, Value)> = Vec::new();
+    let mut best: std::collections::BTreeMap<String, (f64, bool)> = names
+        .iter()
+        .map(|n| (n.to_string(), (0.0, false)))
+        .collect();
+    let mut rate = p.ladder_start;
+    for step in 0..p.ladder_steps {
+        let active: Vec<&Front> = systems
+            .iter()
+            .copied()
+            .filter(|s| !best[s.name].1)
+            .collect();
+        if active.is_empty() {
+            break;
+        }
+        let per_conn = rate / p.ladder_conns as f64;
+        eprintln!("  ladder step {step}: {rate:.0} round trips/s offered");
+        for sys in rotated(&active, step) {
+            let mut a = args(&[
+                "--duration",
+                p.ladder_duration,
+                "--ramp",
+                "1000",
+                "--payload",
+                "64",
+            ]);
+            a.extend(env.phases("1s", "1s"));
+            a.extend([
+                "--conns".into(),
+                p.ladder_conns.to_string(),
+                "--rate".into(),
+                format!("{per_conn:.3}"),
+            ]);
+            let r = loadgen::run(
+                env,
+                &format!("px-ladder-{}-s{step}", sys.name),
+                "rtt",
+                &sys.addr.to_string(),
+                &a,
+            )
+            .await?;
+            let mut b = brief(&r);
+            b["offered_per_sec"] = json!(rate);
+            let ok = f(&b, "p99_us") <= P99_LIMIT_US
+                && f(&b, "lost") <= 0.001 * f(&b, "sent").max(1.0)
+                && f(&b, "connections_failed") == 0.0;
+            b["pass"] = json!(ok);
+            let entry = best.get_mut(sys.name).expect("every system has an entry");
+            if ok {
+                entry.0 = entry.0.max(f(&b, "delivered_per_sec"));
+            } else {
+                entry.1 = true;
+            }
+            ladder.push((sys.name.to_owned(), b));
+        }
+        rate *= p.ladder_factor;
+    }
+    let max_rate: serde_json::Map<String, Value> = best
+        .iter()
+        .map(|(n, (r, failed))| {
+            (
+                n.clone(),
+                // A system that never failed is at least this fast.
+                json!({ "max_delivered_per_sec": r, "reached_limit": failed }),
+            )
+        })
+        .collect();
+
+    Ok(json!({
+        "params": {
+            "fixed": { "conns": p.conns, "rate_per_conn": p.rate_per_conn, "offered_per_sec": offered, "duration": p.duration, "rounds": p.rounds },
+            "ladder": { "conns": p.ladder_conns, "start_per_sec": p.ladder_start, "factor": p.ladder_factor, "steps": p.ladder_steps, "duration": p.ladder_duration, "p99_limit_us": P99_LIMIT_US },
+            "proxy_threads": 2,
+        },
+        "fixed_runs": fixed.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),
+        "ladder_runs": ladder.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),
+        "summary": { "fixed": fixed_summary, "max_rate": max_rate },
+    }))
+}
