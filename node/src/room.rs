@@ -251,7 +251,25 @@ impl Room {
     }
 
     /// Assigns nothing: the caller has set `st.seq` for this event already.
+    /// A member whose queue overflows is dropped (4002), and its departure
+    /// is itself an event, which may overflow others. Departures are
+    /// announced from a queue, not by recursion: a nested drop used to
+    /// invalidate the outer loop's indices (a panic under a join storm into
+    /// a 1,000-member room), and a cascade could recurse a thousand deep.
     fn broadcast(&self, st: &mut State, event: &ServerEvent) {
+        let mut gone = VecDeque::new();
+        self.deliver(st, event, &mut gone);
+        while let Some(m) = gone.pop_front() {
+            m.kick.kick(close::SLOW_CONSUMER);
+            self.metrics.slow_consumers.inc();
+            let leave = self.leave_event(st, &m);
+            self.deliver(st, &leave, &mut gone);
+        }
+    }
+
+    /// Queues `event` to every member; moves those whose queue is full to
+    /// `gone`.
+    fn deliver(&self, st: &mut State, event: &ServerEvent, gone: &mut VecDeque<MemberHandle>) {
         let event = Event::new(event);
         self.remember(st, event.clone());
         let started = Instant::now();
@@ -264,28 +282,29 @@ impl Room {
         self.metrics
             .broadcast_seconds
             .observe(started.elapsed().as_secs_f64());
-        // Drop overflowing members last-index-first so indices stay valid;
-        // each departure is itself an event, which may overflow others.
+        // Last index first, so the indices still to remove stay valid.
         for i in slow.into_iter().rev() {
-            let gone = st.members.swap_remove(i);
-            gone.kick.kick(close::SLOW_CONSUMER);
-            self.metrics.slow_consumers.inc();
-            self.announce_leave(st, &gone);
+            gone.push_back(st.members.swap_remove(i));
         }
     }
 
-    fn announce_leave(&self, st: &mut State, gone: &MemberHandle) {
+    /// Takes the next seq for `gone`'s leave.
+    fn leave_event(&self, st: &mut State, gone: &MemberHandle) -> ServerEvent {
         st.seq += 1;
-        let leave = ServerEvent::Leave {
+        if st.members.is_empty() {
+            st.empty_since = Some(Instant::now());
+        }
+        ServerEvent::Leave {
             meeting_id: self.meeting_id.to_string(),
             seq: st.seq,
             conn_id: gone.conn_id.to_string(),
             user: gone.user.to_string(),
             members: st.members.len(),
-        };
-        if st.members.is_empty() {
-            st.empty_since = Some(Instant::now());
         }
+    }
+
+    fn announce_leave(&self, st: &mut State, gone: &MemberHandle) {
+        let leave = self.leave_event(st, gone);
         self.broadcast(st, &leave);
     }
 
@@ -317,4 +336,63 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    fn metrics() -> Metrics {
+        static M: OnceLock<Metrics> = OnceLock::new();
+        M.get_or_init(|| Metrics::register().expect("metrics register once"))
+            .clone()
+    }
+
+    /// Members that never read, with queues of 1 to 5 events: joins
+    /// overflow several at once, and their leaves overflow others in turn.
+    /// This used to panic (a nested drop invalidated the outer loop's
+    /// indices).
+    #[test]
+    fn a_cascade_of_slow_consumers_neither_panics_nor_skips_a_seq() {
+        let budget = Arc::new(Budget::new(1 << 20, metrics().history_bytes.clone()));
+        let room = Room::new(
+            MeetingId::parse("cascade", "meeting_id").expect("valid id"),
+            Arc::from("n"),
+            10_000,
+            budget,
+            metrics(),
+        );
+        let mut kicks = Vec::new();
+        let mut receivers = Vec::new();
+        for i in 0..200 {
+            let (tx, rx) = mpsc::channel(1 + (i * 7) % 5);
+            let kick = Arc::new(Kick::default());
+            let member = MemberHandle {
+                conn_id: Arc::from(format!("c{i}").as_str()),
+                user: Arc::from("u"),
+                tx,
+                kick: kick.clone(),
+            };
+            assert!(room.join(member, None).is_ok());
+            kicks.push(kick);
+            receivers.push(rx);
+        }
+        let st = room.state.lock();
+        let kicked = kicks.iter().filter(|k| k.code().is_some()).count();
+        assert!(kicked > 0, "nobody overflowed");
+        assert_eq!(kicked + st.members.len(), 200);
+        assert!(kicks
+            .iter()
+            .filter_map(|k| k.code())
+            .all(|c| c == close::SLOW_CONSUMER));
+        let seqs: Vec<u64> = st.history.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=st.seq).collect::<Vec<_>>(),
+            "seqs must be gapless"
+        );
+        // 200 joins and one leave per kicked member.
+        assert_eq!(st.seq as usize, 200 + kicked);
+    }
 }
