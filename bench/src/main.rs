@@ -49,7 +49,8 @@ struct Cli {
     /// bench/work/<date>-<time>).
     #[arg(long)]
     work: Option<PathBuf>,
-    /// Do not touch docs/BENCHMARKS.md and docs/benchmarks.svg.
+    /// Write the results, tables and plot into --work only: do not touch
+    /// bench/results/, docs/BENCHMARKS.md or docs/benchmarks.svg.
     #[arg(long)]
     no_docs: bool,
 }
@@ -166,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         "scenarios": Value::Object(results),
     });
-    let json_path = if cli.smoke {
+    let json_path = if cli.smoke || cli.no_docs {
         env.work.join("results.json")
     } else {
         let dir = root.join("bench").join("results");
