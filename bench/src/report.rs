@@ -121,10 +121,10 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
         let _ = writeln!(o, "### 1. Proxy overhead\n");
         let _ = writeln!(o, "Round trips through rooms of one at {} round trips/s ({} connections × {}/s), median of {} alternating rounds of {} each:\n",
             thousands(f(px, "params.fixed.offered_per_sec")), f(px, "params.fixed.conns"), f(px, "params.fixed.rate_per_conn"), f(px, "params.fixed.rounds"), px["params"]["fixed"]["duration"].as_str().unwrap_or("?"));
-        let _ = writeln!(o, "| system | p50 ms | p99 ms | p99.9 ms | p99 spread over rounds | lost | p99 vs nginx | max rate (p99 ≤ 10 ms) | max rate vs nginx |");
+        let _ = writeln!(o, "| system | p50 ms | p99 ms | p99.9 ms | p99 spread over rounds | lost | p99 vs nginx | max rate (p99 ≤ 10 ms), median of rounds | each round | max rate vs nginx |");
         let _ = writeln!(
             o,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         let nginx_p99 = f(fx, "nginx.p99_us");
         let nginx_max = f(mr, "nginx.max_delivered_per_sec");
@@ -132,9 +132,15 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
             let x = &fx[s];
             let max = f(mr, &format!("{s}.max_delivered_per_sec"));
             let capped = mr[s]["reached_limit"] == false;
+            let rounds: Vec<String> = mr[s]["per_round"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| thousands(v.as_f64().unwrap_or(0.0)))
+                .collect();
             let _ = writeln!(
                 o,
-                "| {s} | {} | {} | {} | {:.0}% | {} | {} | {}{} | {} |",
+                "| {s} | {} | {} | {} | {:.0}% | {} | {} | {}{} | {} | {} |",
                 ms(f(x, "p50_us")),
                 ms(f(x, "p99_us")),
                 ms(f(x, "p999_us")),
@@ -143,6 +149,7 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
                 ratio(f(x, "p99_us"), nginx_p99),
                 if capped { "≥ " } else { "" },
                 thousands(max),
+                rounds.join(", "),
                 ratio(max, nginx_max)
             );
         }
@@ -226,10 +233,10 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
         let _ = writeln!(o, "### 4. Membership change under load\n");
         let _ = writeln!(o, "{} meetings × 3 members through the balancer, 1 msg/s each; a 4th node added to the TOML, then removed. Watched every {} ms.\n",
             thousands(f(s, "meetings")), f(mb, "params.sample_ms"));
-        let _ = writeln!(o, "| change | all on new owner after | last split seen at | most meetings split at once | rooms moved | by the ring | ideal (1/N) | moved / ideal |");
+        let _ = writeln!(o, "| change | all on new owner after | last split seen at | meetings seen split | most at once | longest split | rooms moved | by the ring | ideal (1/N) | moved / ideal |");
         let _ = writeln!(
             o,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for c in s["changes"].as_array().into_iter().flatten() {
             let conv = c["converged_ms"]
@@ -240,9 +247,11 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
                 .map_or("never".into(), |v| format!("{v} ms"));
             let _ = writeln!(
                 o,
-                "| {} | {conv} | {split} | {} | {} | {} | {:.0} | {:.2} |",
+                "| {} | {conv} | {split} | {} | {} | {} ms | {} | {} | {:.0} | {:.2} |",
                 c["change"].as_str().unwrap_or("?"),
+                f(c, "meetings_ever_split"),
                 f(c, "max_split_meetings"),
+                f(c, "longest_split_ms"),
                 f(c, "rooms_moved"),
                 f(c, "rooms_moved_by_ring"),
                 f(c, "ideal_moved"),

@@ -276,6 +276,13 @@ fn backoff(rng: &mut impl Rng, attempt: u32) -> Duration {
 /// Per meeting: the node its connected members are on (0 when none is
 /// connected), and whether they are on more than one.
 fn snapshot(shared: &Shared, meetings: usize) -> (Vec<u8>, usize, usize) {
+    let (nodes, split, away, _) = snapshot_split(shared, meetings);
+    (nodes, split, away)
+}
+
+/// As [`snapshot`], plus which meetings are split.
+fn snapshot_split(shared: &Shared, meetings: usize) -> (Vec<u8>, usize, usize, Vec<bool>) {
+    let mut splits = vec![false; meetings];
     let mut nodes = vec![0u8; meetings];
     let mut split = 0;
     let mut away = 0;
@@ -294,8 +301,9 @@ fn snapshot(shared: &Shared, meetings: usize) -> (Vec<u8>, usize, usize) {
         }
         nodes[m] = seen;
         split += is_split as usize;
+        splits[m] = is_split;
     }
-    (nodes, split, away)
+    (nodes, split, away, splits)
 }
 
 fn ring_owners(nodes: &[&Node], meetings: &[String]) -> Vec<u8> {
@@ -337,9 +345,27 @@ async fn change(
     let mut samples = 0u64;
     let mut split_samples = 0u64;
     let mut after = before.clone();
+    // Per meeting, since when it has been seen split; the longest run.
+    let mut split_since: Vec<Option<Instant>> = vec![None; n];
+    let mut longest = Duration::ZERO;
+    let mut split_meetings = HashSet::new();
     while t0.elapsed() < cap {
         tokio::time::sleep(SAMPLE).await;
-        let (now, split, away) = snapshot(shared, n);
+        let (now, split, away, splits) = snapshot_split(shared, n);
+        let t = Instant::now();
+        for (m, is) in splits.iter().enumerate() {
+            match (split_since[m], is) {
+                (None, true) => {
+                    split_since[m] = Some(t);
+                    split_meetings.insert(m);
+                }
+                (Some(s), false) => {
+                    longest = longest.max(t - s);
+                    split_since[m] = None;
+                }
+                _ => {}
+            }
+        }
         samples += 1;
         if split > 0 {
             last_split = Some(t0.elapsed());
@@ -355,6 +381,9 @@ async fn change(
             break;
         }
     }
+    for s in split_since.into_iter().flatten() {
+        longest = longest.max(s.elapsed());
+    }
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     // 1/N of the bigger ring: the new node's share, or the removed one's.
     let ideal = n as f64 / nodes.len().max(before_members(&before)) as f64;
@@ -369,6 +398,9 @@ async fn change(
         "last_split_ms": last_split.map(|d| d.as_millis() as u64),
         "no_split_after_ms": last_split.map_or(0, |d| d.as_millis() as u64),
         "max_split_meetings": max_split,
+        "meetings_ever_split": split_meetings.len(),
+        // Sampled every SAMPLE: a split seen once lasted up to one sample.
+        "longest_split_ms": longest.as_millis() as u64,
         "split_samples": split_samples,
         "samples": samples,
         "split_before": split0,
