@@ -43,8 +43,8 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         Params {
             conns: 50,
             rate_per_conn: 40.0,
-            duration: "8s",
-            rounds: 3,
+            duration: "6s",
+            rounds: 5,
             ladder_conns: 100,
             ladder_start: 4000.0,
             ladder_factor: 1.5,
