@@ -49,6 +49,10 @@ struct Cli {
     /// bench/work/<date>-<time>).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// Only render the tables and the plot again from an existing results
+    /// JSON (into docs/, or into --work with --no-docs); runs nothing.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    render: Option<PathBuf>,
     /// Write the results, tables and plot into --work only: do not touch
     /// bench/results/, docs/BENCHMARKS.md or docs/benchmarks.svg.
     #[arg(long)]
@@ -85,6 +89,14 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The 1-minute load average.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The membership scenario holds 9,000 sockets in this process.
 fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit on our own process.
@@ -110,6 +122,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.smoke { "-smoke" } else { "" }
         ))
     });
+    if let Some(json_path) = &cli.render {
+        let text = std::fs::read_to_string(json_path)
+            .with_context(|| format!("cannot read {}", json_path.display()))?;
+        let doc: Value = serde_json::from_str(&text).context("not a results JSON")?;
+        let json_path = json_path.canonicalize().unwrap_or(json_path.clone());
+        let (md, svg) = if cli.no_docs {
+            std::fs::create_dir_all(&work).context("cannot create the work folder")?;
+            (None, work.join("benchmarks.svg"))
+        } else {
+            (
+                Some(root.join("docs").join("BENCHMARKS.md")),
+                root.join("docs").join("benchmarks.svg"),
+            )
+        };
+        report::plot(&doc, &svg)?;
+        let tables = report::tables(&doc, &json_path, &root);
+        match md {
+            Some(md) => report::update_doc(&md, &tables)?,
+            None => {
+                std::fs::write(work.join("tables.md"), &tables).context("cannot write tables.md")?
+            }
+        }
+        eprintln!("rendered {}", svg.display());
+        return Ok(());
+    }
     let env = env::Env::new(root.clone(), work, cli.smoke)?;
     if !env.release() && !cli.smoke {
         eprintln!("warning: these are not release binaries; numbers will be meaningless");
@@ -136,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for name in &chosen {
         eprintln!("== {name}");
         let t = Instant::now();
+        let load_before = loadavg();
         let r = match *name {
             "ring" => scenarios::ring::run(&env).await,
             "proxy_overhead" => scenarios::proxy_overhead::run(&env).await,
@@ -147,6 +185,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let value = match r {
             Ok(mut v) => {
                 v["wall_s"] = json!(secs);
+                // Other work on the machine shows here (2 cores: the
+                // bench's own processes alone keep it near 2).
+                v["loadavg_1min"] = json!([load_before, loadavg()]);
                 v
             }
             Err(e) => {

@@ -73,6 +73,18 @@ fn thousands(x: f64) -> String {
     }
 }
 
+/// "(load average 1.2 → 2.3)" for a scenario's heading.
+fn load(v: &Value) -> String {
+    match v["loadavg_1min"].as_array().map(|a| a.as_slice()) {
+        Some([a, b]) => format!(
+            " (1-min load average {:.1} → {:.1})",
+            a.as_f64().unwrap_or(0.0),
+            b.as_f64().unwrap_or(0.0)
+        ),
+        _ => String::new(),
+    }
+}
+
 /// Markdown for every scenario in `doc`.
 pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
     let mut o = String::new();
@@ -118,7 +130,7 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
     if px["summary"].is_object() {
         let fx = &px["summary"]["fixed"];
         let mr = &px["summary"]["max_rate"];
-        let _ = writeln!(o, "### 1. Proxy overhead\n");
+        let _ = writeln!(o, "### 1. Proxy overhead{}\n", load(px));
         let _ = writeln!(o, "Round trips through rooms of one at {} round trips/s ({} connections × {}/s), median of {} alternating rounds of {} each:\n",
             thousands(f(px, "params.fixed.offered_per_sec")), f(px, "params.fixed.conns"), f(px, "params.fixed.rate_per_conn"), f(px, "params.fixed.rounds"), px["params"]["fixed"]["duration"].as_str().unwrap_or("?"));
         let _ = writeln!(o, "| system | p50 ms | p99 ms | p99.9 ms | p99 spread over rounds | lost | p99 vs nginx | max rate (p99 ≤ 10 ms), median of rounds | each round | max rate vs nginx |");
@@ -162,7 +174,7 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
     let fan = &sc["fanout"];
     if fan["summary"].is_object() {
         let s = &fan["summary"]["systems"];
-        let _ = writeln!(o, "### 2. Fan-out\n");
+        let _ = writeln!(o, "### 2. Fan-out{}\n", load(fan));
         let _ = writeln!(o, "One room of {} members, one publisher; the rate rises ×{} per step from {} msg/s until p99 passes 50 ms. CPU is the server process's (user + system) over the window and drain, per million chat frames delivered; \"at {} msg/s\" is the highest rate every system passed.\n",
             f(fan, "params.members"), f(fan, "params.factor"), f(fan, "params.start_rate"), f(fan, "summary.common_rate").round());
         let _ = writeln!(o, "| system | max frames/s (p99 ≤ 50 ms) | at msg/s | p99 ms there | CPU s / M frames there | CPU s / M frames at {} msg/s | loadgen CPU s there | roompin's max vs this |", f(fan, "summary.common_rate").round());
@@ -202,7 +214,7 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
     let idle = &sc["idle_cost"];
     if idle["summary"].is_object() {
         let s = &idle["summary"];
-        let _ = writeln!(o, "### 3. Idle cost\n");
+        let _ = writeln!(o, "### 3. Idle cost{}\n", load(idle));
         let _ = writeln!(o, "{} idle WebSockets through each proxy to 3 fresh nodes (median of {} rounds); RSS growth from before the ramp to the end of the window, over the connections open.\n",
             thousands(f(idle, "params.conns")), f(idle, "params.rounds"));
         let _ = writeln!(
@@ -230,7 +242,7 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
     let mb = &sc["membership"];
     if mb["summary"].is_object() {
         let s = &mb["summary"];
-        let _ = writeln!(o, "### 4. Membership change under load\n");
+        let _ = writeln!(o, "### 4. Membership change under load{}\n", load(mb));
         let _ = writeln!(o, "{} meetings × 3 members through the balancer, 1 msg/s each; a 4th node added to the TOML, then removed. Watched every {} ms.\n",
             thousands(f(s, "meetings")), f(mb, "params.sample_ms"));
         let _ = writeln!(o, "| change | all on new owner after | last split seen at | meetings seen split | most at once | longest split | rooms moved | by the ring | ideal (1/N) | moved / ideal |");
@@ -265,7 +277,7 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
     let ring = &sc["ring"];
     if ring["summary"].is_object() {
         let s = &ring["summary"];
-        let _ = writeln!(o, "### 5. Ring\n");
+        let _ = writeln!(o, "### 5. Ring{}\n", load(ring));
         let mut lk = Vec::new();
         for l in s["lookup_loop"].as_array().into_iter().flatten() {
             lk.push(format!(
@@ -345,23 +357,37 @@ const COLORS: [RGBColor; 4] = [
     RGBColor(120, 120, 120),
 ];
 
-/// (x, y) points of one system's ladder.
-fn series(runs: &Value, system: &str, x: &str) -> Vec<(f64, f64)> {
-    let mut pts: Vec<(f64, f64)> = runs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["system"] == system)
-        .map(|r| {
-            (
-                f(&r["result"], x),
-                f(&r["result"], "p99_us").max(1.0) / 1000.0,
-            )
+/// (x, y) points of one system's ladder: per load step (the loadgen's
+/// `group` field, e.g. the offered rate), the median over rounds of the
+/// delivered rate and of the p99.
+fn series(runs: &Value, system: &str, group: &str) -> Vec<(f64, f64)> {
+    let mut steps: std::collections::BTreeMap<u64, Vec<&Value>> = Default::default();
+    for r in runs.as_array().into_iter().flatten() {
+        if r["system"] == system {
+            let key = f(&r["result"], group).round() as u64;
+            steps.entry(key).or_default().push(&r["result"]);
+        }
+    }
+    let mut pts: Vec<(f64, f64)> = steps
+        .values()
+        .map(|rs| {
+            let x = median_of(rs.iter().map(|r| f(r, "delivered_per_sec")).collect());
+            let y = median_of(rs.iter().map(|r| f(r, "p99_us")).collect());
+            (x, y.max(1.0) / 1000.0)
         })
         .filter(|(x, _)| *x > 0.0)
         .collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     pts
+}
+
+fn median_of(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    match xs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
 }
 
 fn panel(
@@ -386,7 +412,7 @@ fn panel(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(0f64..xmax, (0.05f64..ymax).log_scale())
+        .build_cartesian_2d(0f64..xmax, (0.5f64..ymax).log_scale())
         .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     chart
         .configure_mesh()
@@ -416,7 +442,7 @@ fn panel(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
@@ -434,11 +460,11 @@ pub fn plot(doc: &Value, path: &Path) -> anyhow::Result<()> {
     let px = &sc["proxy_overhead"]["ladder_runs"];
     let px_lines: Vec<(&str, Vec<(f64, f64)>)> = ["roompin", "nginx", "haproxy", "direct"]
         .iter()
-        .map(|s| (*s, series(px, s, "delivered_per_sec")))
+        .map(|s| (*s, series(px, s, "offered_per_sec")))
         .collect();
     panel(
         &left,
-        "1. Proxy overhead: round trips",
+        "1. Proxy overhead: round trips (median of rounds)",
         "round trips delivered per second",
         &px_lines,
         10.0,
@@ -446,7 +472,7 @@ pub fn plot(doc: &Value, path: &Path) -> anyhow::Result<()> {
     let fan = &sc["fanout"]["runs"];
     let fan_lines: Vec<(&str, Vec<(f64, f64)>)> = ["roompin", "ws", "socketio"]
         .iter()
-        .map(|s| (*s, series(fan, s, "delivered_per_sec")))
+        .map(|s| (*s, series(fan, s, "rate")))
         .collect();
     panel(
         &right,
