@@ -39,6 +39,8 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
     };
 
     let mut runs: Vec<(String, Value)> = Vec::new();
+    // First attempts that failed and were run again (kept for the record).
+    let mut retried: Vec<(String, Value)> = Vec::new();
     let mut done: BTreeMap<&str, bool> = systems.iter().map(|s| (s.name, false)).collect();
     let mut rate = start;
     for step in 0..steps {
@@ -71,34 +73,42 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             ]);
             a.extend(protocol(sys.name));
             a.extend(pid_args(&sys.pids));
-            let r = loadgen::run(
-                env,
-                &format!("fan-{}-s{step}", sys.name),
-                "fanout",
-                &sys.addr.to_string(),
-                &a,
-            )
-            .await?;
-            let mut b = brief(&r);
-            let cpu = cpu_window(&r);
-            let received = f(&b, "received");
-            b["rate"] = json!(rate);
-            b["server_cpu_seconds"] = json!(cpu);
-            // Chat frames only: roompin also sends join frames during the
-            // ramp, which the others do not have, so they are left out.
-            b["cpu_seconds_per_million_frames"] = json!(if received > 0.0 {
-                cpu / received * 1e6
-            } else {
-                0.0
-            });
-            let expected = f(&r, "expected").max(1.0);
-            let ok = f(&b, "p99_us") <= P99_LIMIT_US
-                && f(&b, "lost") <= 0.001 * expected
-                && f(&b, "connections_failed") == 0.0
-                // A server may not pass by shedding members.
-                && f(&b, "dropped") == 0.0
-                && received > 0.0;
-            b["pass"] = json!(ok);
+            // A failing step gets one more try: on two shared cores one
+            // stall of the machine can push a single run's p99 over.
+            let mut b = Value::Null;
+            let mut ok = false;
+            for attempt in 0..2 {
+                let label = match attempt {
+                    0 => format!("fan-{}-s{step}", sys.name),
+                    _ => format!("fan-{}-s{step}-retry", sys.name),
+                };
+                let r = loadgen::run(env, &label, "fanout", &sys.addr.to_string(), &a).await?;
+                b = brief(&r);
+                let cpu = cpu_window(&r);
+                let received = f(&b, "received");
+                b["rate"] = json!(rate);
+                b["attempt"] = json!(attempt);
+                b["server_cpu_seconds"] = json!(cpu);
+                // Chat frames only: roompin also sends join frames during the
+                // ramp, which the others do not have, so they are left out.
+                b["cpu_seconds_per_million_frames"] = json!(if received > 0.0 {
+                    cpu / received * 1e6
+                } else {
+                    0.0
+                });
+                let expected = f(&r, "expected").max(1.0);
+                ok = f(&b, "p99_us") <= P99_LIMIT_US
+                    && f(&b, "lost") <= 0.001 * expected
+                    && f(&b, "connections_failed") == 0.0
+                    // A server may not pass by shedding members.
+                    && f(&b, "dropped") == 0.0
+                    && received > 0.0;
+                b["pass"] = json!(ok);
+                if ok || attempt == 1 {
+                    break;
+                }
+                retried.push((sys.name.to_owned(), b.clone()));
+            }
             if !ok {
                 done.insert(sys.name, true);
             }
@@ -148,6 +158,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
     Ok(json!({
         "params": { "members": members, "publishers": 1, "start_rate": start, "factor": factor, "max_steps": steps, "duration": duration, "payload": 64, "p99_limit_us": P99_LIMIT_US, "roompin_target": "one node, direct" },
         "runs": runs.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),
+        "retried_runs": retried.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),
         "summary": { "systems": summary, "common_rate": if common_rate == f64::MAX { 0.0 } else { common_rate } },
     }))
 }

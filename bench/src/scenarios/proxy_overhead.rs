@@ -124,6 +124,8 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
     // 2. The ladder: raise the offered rate until p99 passes 10 ms (or
     // round trips go missing); each step runs the systems still in, rotated.
     let mut ladder: Vec<(String, Value)> = Vec::new();
+    // First attempts that failed and were run again (kept for the record).
+    let mut retried: Vec<(String, Value)> = Vec::new();
     // Per system, the best passing rate of each round.
     let mut per_round: std::collections::BTreeMap<String, Vec<(f64, bool)>> =
         names.iter().map(|n| (n.to_string(), Vec::new())).collect();
@@ -160,21 +162,29 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                     "--rate".into(),
                     format!("{per_conn:.3}"),
                 ]);
-                let r = loadgen::run(
-                    env,
-                    &format!("px-ladder-{}-r{round}-s{step}", sys.name),
-                    "rtt",
-                    &sys.addr.to_string(),
-                    &a,
-                )
-                .await?;
-                let mut b = brief(&r);
-                b["offered_per_sec"] = json!(rate);
-                b["round"] = json!(round);
-                let ok = f(&b, "p99_us") <= P99_LIMIT_US
-                    && f(&b, "lost") <= 0.001 * f(&b, "sent").max(1.0)
-                    && f(&b, "connections_failed") == 0.0;
-                b["pass"] = json!(ok);
+                // A failing step gets one more try: on two shared cores one
+                // stall of the machine can push a single run's p99 over.
+                let mut b = Value::Null;
+                let mut ok = false;
+                for attempt in 0..2 {
+                    let label = match attempt {
+                        0 => format!("px-ladder-{}-r{round}-s{step}", sys.name),
+                        _ => format!("px-ladder-{}-r{round}-s{step}-retry", sys.name),
+                    };
+                    let r = loadgen::run(env, &label, "rtt", &sys.addr.to_string(), &a).await?;
+                    b = brief(&r);
+                    b["offered_per_sec"] = json!(rate);
+                    b["round"] = json!(round);
+                    b["attempt"] = json!(attempt);
+                    ok = f(&b, "p99_us") <= P99_LIMIT_US
+                        && f(&b, "lost") <= 0.001 * f(&b, "sent").max(1.0)
+                        && f(&b, "connections_failed") == 0.0;
+                    b["pass"] = json!(ok);
+                    if ok || attempt == 1 {
+                        break;
+                    }
+                    retried.push((sys.name.to_owned(), b.clone()));
+                }
                 let entry = best.get_mut(sys.name).expect("every system has an entry");
                 if ok {
                     entry.0 = entry.0.max(f(&b, "delivered_per_sec"));
@@ -213,6 +223,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         },
         "fixed_runs": fixed.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),
         "ladder_runs": ladder.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),
+        "retried_runs": retried.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),
         "summary": { "fixed": fixed_summary, "max_rate": max_rate },
     }))
 }
