@@ -133,10 +133,10 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
         let _ = writeln!(o, "### 1. Proxy overhead{}\n", load(px));
         let _ = writeln!(o, "Round trips through rooms of one at {} round trips/s ({} connections × {}/s), median of {} alternating rounds of {} each:\n",
             thousands(f(px, "params.fixed.offered_per_sec")), f(px, "params.fixed.conns"), f(px, "params.fixed.rate_per_conn"), f(px, "params.fixed.rounds"), px["params"]["fixed"]["duration"].as_str().unwrap_or("?"));
-        let _ = writeln!(o, "| system | p50 ms | p99 ms | p99.9 ms | p99 spread over rounds | lost | p99 vs nginx | max rate (p99 ≤ 10 ms), median of rounds | each round | max rate vs nginx |");
+        let _ = writeln!(o, "| system | p50 ms | p99 ms | p99.9 ms | p99 spread over rounds | lost | p99 vs nginx | proxy CPU µs / round trip | max rate (p99 ≤ 10 ms), median of rounds | each round | max rate vs nginx |");
         let _ = writeln!(
             o,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         let nginx_p99 = f(fx, "nginx.p99_us");
         let nginx_max = f(mr, "nginx.max_delivered_per_sec");
@@ -150,9 +150,23 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
                 .flatten()
                 .map(|v| thousands(v.as_f64().unwrap_or(0.0)))
                 .collect();
+            // The proxy's own CPU per round trip at the fixed rate (window
+            // and drain over the round trips sent), median of the rounds.
+            let cpu_us: Vec<f64> = px["fixed_runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["system"] == s && f(&r["result"], "sent") > 0.0)
+                .map(|r| f(&r["result"], "proxy_cpu_seconds") / f(&r["result"], "sent") * 1e6)
+                .collect();
+            let cpu = if s == "direct" {
+                "–".to_owned()
+            } else {
+                format!("{:.0}", median_of(cpu_us))
+            };
             let _ = writeln!(
                 o,
-                "| {s} | {} | {} | {} | {:.0}% | {} | {} | {}{} | {} | {} |",
+                "| {s} | {} | {} | {} | {:.0}% | {} | {} | {cpu} | {}{} | {} | {} |",
                 ms(f(x, "p50_us")),
                 ms(f(x, "p99_us")),
                 ms(f(x, "p999_us")),
