@@ -221,15 +221,13 @@ async fn member(spec: MemberSpec, shared: Arc<Shared>) -> Tally {
                     );
                     attempt = 0;
                 }
-                "join" => {
-                    if !joined && f.conn_id.as_deref() == Some(my_conn.as_str()) {
-                        // The replay is over: resend what never came back.
-                        joined = true;
-                        for frame in unacked.values() {
-                            shared.resent.fetch_add(1, Ordering::Relaxed);
-                            if ws.send(Message::text(frame.clone())).await.is_err() {
-                                break;
-                            }
+                // Our own join: the replay is over; resend what never came back.
+                "join" if !joined && f.conn_id.as_deref() == Some(my_conn.as_str()) => {
+                    joined = true;
+                    for frame in unacked.values() {
+                        shared.resent.fetch_add(1, Ordering::Relaxed);
+                        if ws.send(Message::text(frame.clone())).await.is_err() {
+                            break;
                         }
                     }
                 }
