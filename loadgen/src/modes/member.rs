@@ -67,22 +67,12 @@ struct Published {
 pub async fn run(ctx: Arc<Ctx>, spec: MemberSpec) {
     let c = &ctx.counters;
     tokio::time::sleep_until(spec.connect_at.into()).await;
-    Counters::inc(&c.attempted);
     let meeting = ctx.meeting(spec.room);
-    let connect = ctx.endpoint.connect(&meeting, &spec.user, spec.publishes());
-    let conn = match tokio::time::timeout(ctx.connect_timeout, connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            Counters::inc(&c.failed);
-            ctx.errors.note(format!("{e:#}"));
-            return;
-        }
-        Err(_) => {
-            Counters::inc(&c.failed);
-            ctx.errors
-                .note(format!("connect timed out after {:?}", ctx.connect_timeout));
-            return;
-        }
+    let Some(conn) = ctx
+        .connect_counted(&meeting, &spec.user, spec.publishes())
+        .await
+    else {
+        return;
     };
     let ready_at = Instant::now();
     Counters::inc(&c.connected);

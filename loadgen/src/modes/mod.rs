@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-use crate::client::Endpoint;
+use crate::client::{Conn, Endpoint};
 use crate::stats::{Counters, ErrorSamples, Recorder, Rooms};
 use crate::timeline::Timeline;
 
@@ -52,6 +52,39 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Connects within `connect_timeout`, counting the attempt and any
+    /// failure (with its reason in `errors`); `None` if it failed.
+    pub async fn connect_counted(
+        &self,
+        meeting: &str,
+        user: &str,
+        publishes: bool,
+    ) -> Option<Conn> {
+        let c = &self.counters;
+        Counters::inc(&c.attempted);
+        match tokio::time::timeout(
+            self.connect_timeout,
+            self.endpoint.connect(meeting, user, publishes),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => Some(conn),
+            Ok(Err(e)) => {
+                Counters::inc(&c.failed);
+                self.errors.note(format!("{e:#}"));
+                None
+            }
+            Err(_) => {
+                Counters::inc(&c.failed);
+                self.errors.note(format!(
+                    "connect timed out after {:?}",
+                    self.connect_timeout
+                ));
+                None
+            }
+        }
+    }
+
     pub fn meeting(&self, room: u64) -> String {
         format!("{}-{room}", self.room_prefix)
     }

@@ -64,22 +64,9 @@ impl Conn {
         let c = &ctx.counters;
         let t = ctx.timeline;
         tokio::time::sleep_until(self.connect_at.into()).await;
-        Counters::inc(&c.attempted);
         let (meeting, user) = (ctx.meeting(self.id), format!("u{}", self.id));
-        let connect = ctx.endpoint.connect(&meeting, &user, true);
-        let conn = match tokio::time::timeout(ctx.connect_timeout, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                Counters::inc(&c.failed);
-                ctx.errors.note(format!("{e:#}"));
-                return;
-            }
-            Err(_) => {
-                Counters::inc(&c.failed);
-                ctx.errors
-                    .note(format!("connect timed out after {:?}", ctx.connect_timeout));
-                return;
-            }
+        let Some(conn) = ctx.connect_counted(&meeting, &user, true).await else {
+            return;
         };
         Counters::inc(&c.connected);
         Counters::inc(&c.open);
