@@ -1,24 +1,8 @@
 //! `roompin-balancer`: the edge proxy. See docs/ARCHITECTURE.md.
 
-mod admin;
-mod health;
-mod metrics;
-mod page;
-mod proxy;
-mod push;
-mod reload;
-mod routing;
-
-use async_trait::async_trait;
 use clap::Parser;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
-use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(name = "roompin-balancer", version, about = "roompin's edge proxy")]
@@ -45,109 +29,15 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    if let Err(e) = run(cli) {
+    let options = roompin_balancer::Options {
+        config: cli.config,
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+        threads: cli.threads,
+    };
+    if let Err(e) = roompin_balancer::run(options) {
         tracing::error!("{e:#}");
         eprintln!("roompin-balancer: {e:#}");
         std::process::exit(2);
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let source = reload::ConfigSource {
-        path: cli.config.clone(),
-        listen: cli.listen,
-        admin_listen: cli.admin_listen,
-    };
-    let config = source.load()?;
-    let metrics = metrics::Metrics::register()?;
-    let (listen, admin_listen) = (config.listen, config.admin_listen);
-    if config.control_token.is_none() {
-        tracing::warn!("no control_token: nodes cannot be told to move rooms, so a membership change may split meetings");
-    }
-    let membership = routing::Membership::new(config, metrics.clone());
-    let health = Arc::new(health::HealthChecker::new(membership.clone()));
-
-    let tmp = std::env::temp_dir();
-    let conf = ServerConf {
-        threads: cli.threads.max(1),
-        pid_file: tmp
-            .join(format!("roompin-balancer-{}.pid", admin_listen.port()))
-            .display()
-            .to_string(),
-        upgrade_sock: tmp
-            .join(format!("roompin-balancer-{}.sock", admin_listen.port()))
-            .display()
-            .to_string(),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(2),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
-    let proxy = proxy::Proxy {
-        membership: membership.clone(),
-        metrics: metrics.clone(),
-    };
-    let mut public = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy,
-        "roompin public",
-    );
-    // No L4 read buffer on client connections: Pingora's default is 64 KiB
-    // per connection, zeroed at accept, which an idle WebSocket never needs
-    // (the HTTP parser and the tunnel read into buffers of their own).
-    // roompin-bench's idle scenario measured ~60 KiB of RSS per proxied
-    // WebSocket with it. Upstream connections are unbuffered already.
-    public.add_listener(
-        ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
-    );
-
-    let admin = admin::Admin {
-        membership: membership.clone(),
-        health: health.clone(),
-        metrics: metrics.clone(),
-    };
-    let mut admin_service = Service::new(
-        "roompin admin".to_owned(),
-        pingora::apps::http_app::HttpServer::new_app(admin),
-    );
-    admin_service.threads = Some(1);
-    admin_service.add_tcp(&admin_listen.to_string());
-
-    let control = Control {
-        health,
-        pusher: push::ViewPusher::new(membership.clone(), metrics.clone()),
-        reloader: reload::Reloader {
-            source,
-            membership,
-            metrics,
-        },
-    };
-    server.add_service(public);
-    server.add_service(admin_service);
-    server.add_service(background_service("roompin control", control));
-    tracing::info!(%listen, %admin_listen, config = %cli.config.display(), "roompin-balancer started");
-    server.run_forever()
-}
-
-/// Health checks, view pushes and config reloads, on one background runtime.
-struct Control {
-    health: Arc<health::HealthChecker>,
-    pusher: push::ViewPusher,
-    reloader: reload::Reloader,
-}
-
-#[async_trait]
-impl BackgroundService for Control {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let stop = |mut s: ShutdownWatch| async move {
-            let _ = s.changed().await;
-        };
-        tokio::join!(
-            self.health.run(stop(shutdown.clone())),
-            self.pusher.run(stop(shutdown.clone())),
-            self.reloader.run(stop(shutdown)),
-        );
     }
 }

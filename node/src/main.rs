@@ -1,27 +1,9 @@
 //! `roompin-node`: a stateless chat node. See docs/ARCHITECTURE.md.
 
-mod control;
-mod event;
-mod history;
-mod http;
-mod metrics;
-mod node;
-mod ownership;
-mod params;
-mod publish;
-mod room;
-mod rooms;
-mod shutdown;
-mod sse;
-mod writer;
-mod ws;
-
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use roompin_shared::config::{validate_node_id, NodeConfig};
 
@@ -75,48 +57,5 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(id, listen, settings))
-}
-
-async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyhow::Result<()> {
-    let metrics = metrics::Metrics::register()?;
-    let room_idle = Duration::from_millis(settings.room_idle_ms);
-    let node = node::Node::new(id, settings, metrics);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(node = %node.id, %listen, control = node.settings.control_token.is_some(), "roompin-node started");
-
-    let reaper = node.clone();
-    node.tasks.spawn(async move {
-        reaper
-            .rooms
-            .reap_idle(room_idle, reaper.shutdown.clone())
-            .await
-    });
-    node.tasks.spawn(shutdown::on_signals(node.clone()));
-
-    let user_timeout = Duration::from_millis(node.settings.tcp_user_timeout_ms);
-    let listener = listener.tap_io(move |tcp| {
-        let sock = socket2::SockRef::from(&*tcp);
-        if let Err(e) = tcp
-            .set_nodelay(true)
-            .and_then(|()| sock.set_tcp_user_timeout(Some(user_timeout)))
-        {
-            tracing::debug!(error = %e, "cannot set socket options");
-        }
-    });
-    let stop = node.shutdown.clone();
-    axum::serve(listener, http::router(node.clone()))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
-    node.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), node.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some sessions did not end within 5 s");
-    }
-    tracing::info!(node = %node.id, "roompin-node stopped");
-    Ok(())
+    runtime.block_on(roompin_node::serve(id, listen, settings))
 }
