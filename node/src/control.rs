@@ -10,7 +10,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 use crate::node::Node;
-use roompin_shared::control::{Handoff, RingView, AUTHORIZATION};
+use roompin_shared::control::{Handoff, RingView, RoomInfo, RoomsReport, AUTHORIZATION};
 use roompin_shared::MeetingId;
 
 /// Why a control request is refused, or `None` if it is authorized.
@@ -54,6 +54,20 @@ pub async fn view(
     };
     tracing::debug!(%source, epoch, applied, moved, "ring view received");
     Json(json!({ "applied": applied, "epoch": epoch, "moved": moved })).into_response()
+}
+
+/// Every live room of this node, for operators and tests.
+pub async fn rooms(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refusal(&node, &headers) {
+        return refusal;
+    }
+    let mut rooms: Vec<RoomInfo> = node.rooms.all().iter().map(|r| r.info()).collect();
+    rooms.sort_by(|a, b| a.meeting_id.cmp(&b.meeting_id));
+    Json(RoomsReport {
+        node: node.id.to_string(),
+        rooms,
+    })
+    .into_response()
 }
 
 /// A room's history from its previous owner.

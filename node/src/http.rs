@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::node::Node;
 use crate::{control, publish, sse, ws};
-use roompin_shared::control::{HANDOFF_PATH, VIEW_PATH};
+use roompin_shared::control::{HANDOFF_PATH, ROOMS_PATH, VIEW_PATH};
 
 /// Handoffs carry up to a room's whole history.
 const HANDOFF_LIMIT: usize = 256 * 1024 * 1024;
@@ -23,6 +23,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(VIEW_PATH, post(control::view))
+        .route(ROOMS_PATH, get(control::rooms))
         .route(
             HANDOFF_PATH,
             post(control::handoff).layer(DefaultBodyLimit::max(HANDOFF_LIMIT)),

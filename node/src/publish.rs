@@ -43,9 +43,13 @@ pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
     for _ in 0..ATTEMPTS {
         let room = node.rooms.get_or_create(&params.meeting_id);
         match room.publish(&from, &request.text) {
-            Ok(seq) => {
+            Ok((seq, room)) => {
                 node.metrics.events_received.inc();
-                return (StatusCode::ACCEPTED, Json(PublishAccepted { seq })).into_response();
+                let accepted = PublishAccepted {
+                    seq,
+                    room: room.to_string(),
+                };
+                return (StatusCode::ACCEPTED, Json(accepted)).into_response();
             }
             // The room closed under us. If it moved away (or the node is
             // stopping), a room made here now would swallow the message

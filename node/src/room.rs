@@ -58,7 +58,7 @@ pub struct Room {
 
 struct State {
     /// The room's incarnation id: see `ServerEvent::Welcome::room`.
-    incarnation: String,
+    incarnation: Arc<str>,
     seq: u64,
     members: Vec<MemberHandle>,
     history: VecDeque<Arc<Event>>,
@@ -82,7 +82,7 @@ impl Room {
             budget,
             metrics,
             state: Mutex::new(State {
-                incarnation: format!("{:016x}", rand::random::<u64>()),
+                incarnation: Arc::from(format!("{:016x}", rand::random::<u64>())),
                 seq: 0,
                 members: Vec::new(),
                 history: VecDeque::new(),
@@ -113,7 +113,7 @@ impl Room {
         }
         let (replay, recovered) = match resume {
             None => (Vec::new(), None),
-            Some(r) if r.room.is_some_and(|room| room != st.incarnation) => {
+            Some(r) if r.room.is_some_and(|room| room != &*st.incarnation) => {
                 (st.history.iter().cloned().collect(), Some(false))
             }
             Some(Resume { since, .. }) => {
@@ -132,7 +132,7 @@ impl Room {
             meeting_id: self.meeting_id.to_string(),
             node: self.node_id.to_string(),
             conn_id: member.conn_id.to_string(),
-            room: st.incarnation.clone(),
+            room: st.incarnation.to_string(),
             seq: st.seq,
             members: st.members.len() + 1,
             recovered,
@@ -161,8 +161,9 @@ impl Room {
         }
     }
 
-    /// Broadcasts a chat message; returns its seq.
-    pub fn publish(&self, from: &str, text: &str) -> Result<u64, Closed> {
+    /// Broadcasts a chat message; returns its seq and the incarnation it
+    /// counts in.
+    pub fn publish(&self, from: &str, text: &str) -> Result<(u64, Arc<str>), Closed> {
         let mut st = self.state.lock();
         if st.closed {
             return Err(Closed);
@@ -176,7 +177,7 @@ impl Room {
             ts: unix_ms(),
         };
         self.broadcast(&mut st, &event);
-        Ok(st.seq)
+        Ok((st.seq, st.incarnation.clone()))
     }
 
     /// Closes the room for a move: no one can join or publish any more. The
@@ -191,7 +192,7 @@ impl Room {
         st.closed = true;
         let handoff = Handoff {
             meeting_id: self.meeting_id.to_string(),
-            room: st.incarnation.clone(),
+            room: st.incarnation.to_string(),
             seq: st.seq,
             events: st
                 .history
@@ -214,7 +215,7 @@ impl Room {
         }
         st.seq = handoff.seq;
         if !handoff.room.is_empty() {
-            st.incarnation = handoff.room.clone();
+            st.incarnation = Arc::from(handoff.room.as_str());
         }
         for json in &handoff.events {
             let Ok(event) = serde_json::from_str::<ServerEvent>(json) else {
@@ -226,6 +227,17 @@ impl Room {
             self.remember(&mut st, Event::from_json(seq, event.kind(), json.clone()));
         }
         true
+    }
+
+    /// The room as `GET /control/rooms` reports it.
+    pub fn info(&self) -> roompin_shared::control::RoomInfo {
+        let st = self.state.lock();
+        roompin_shared::control::RoomInfo {
+            meeting_id: self.meeting_id.to_string(),
+            room: st.incarnation.to_string(),
+            seq: st.seq,
+            members: st.members.len(),
+        }
     }
 
     /// Closes the room and kicks everyone with `code` (node shutdown).

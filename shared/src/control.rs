@@ -79,6 +79,26 @@ pub struct Handoff {
     pub events: Vec<String>,
 }
 
+/// What a node holds, for operators and tests (`GET /control/rooms`, bearer
+/// token): every live room with its incarnation, seq and member count.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RoomsReport {
+    pub node: String,
+    pub rooms: Vec<RoomInfo>,
+}
+
+/// One live room of a node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RoomInfo {
+    pub meeting_id: String,
+    /// The incarnation (`welcome.room`).
+    pub room: String,
+    pub seq: u64,
+    pub members: usize,
+}
+
+/// Path of the rooms report.
+pub const ROOMS_PATH: &str = "/control/rooms";
 /// Path of the view push.
 pub const VIEW_PATH: &str = "/control/view";
 /// Path of the history handoff.

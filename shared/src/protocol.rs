@@ -207,6 +207,9 @@ pub struct PublishRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublishAccepted {
     pub seq: u64,
+    /// The room incarnation the seq counts in (`welcome.room`).
+    #[serde(default)]
+    pub room: String,
 }
 
 /// The longest `user` name, in characters.
