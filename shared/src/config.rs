@@ -61,9 +61,15 @@ pub struct BalancerConfig {
     #[serde(default)]
     pub balancer_id: Option<String>,
     /// Shared secret for the nodes' control endpoint. Without it the balancer
-    /// cannot tell nodes to hand rooms over, and rooms may split on changes.
+    /// cannot tell nodes to hand rooms over, and rooms split on changes; so
+    /// it is required unless `moves = false`.
     #[serde(default)]
     pub control_token: Option<String>,
+    /// Whether rooms move when the node set changes (the default). Only an
+    /// operator who accepts split meetings on every change sets it to false,
+    /// which lets the balancer run without `control_token`.
+    #[serde(default = "default_moves")]
+    pub moves: bool,
     /// How often the ownership view is pushed to every node even without a
     /// change, so that a restarted node learns it quickly.
     #[serde(default = "default_push_interval_ms")]
@@ -120,6 +126,9 @@ fn default_weight() -> u32 {
 fn default_push_interval_ms() -> u64 {
     2000
 }
+fn default_moves() -> bool {
+    true
+}
 
 impl BalancerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -154,6 +163,9 @@ impl BalancerConfig {
         }
         if self.push_interval_ms == 0 {
             return Err("`push_interval_ms` must be at least 1".into());
+        }
+        if self.moves && self.control_token.as_deref().is_none_or(str::is_empty) {
+            return Err("`control_token` is not set: without it the nodes cannot be told to hand rooms over, so every membership change would split meetings. Set `control_token` to the nodes' token, or `moves = false` to run without room moves".into());
         }
         let h = &self.health;
         if h.interval_ms == 0 || h.timeout_ms == 0 || h.unhealthy_after == 0 || h.healthy_after == 0
@@ -324,6 +336,7 @@ mod tests {
     const GOOD: &str = r#"
 listen = "127.0.0.1:8080"
 admin_listen = "127.0.0.1:9090"
+control_token = "t"
 
 [[upstream]]
 id = "node-a"
@@ -352,7 +365,7 @@ weight = 2
     fn refusals_name_the_problem_and_place() {
         let err = load(&GOOD.replace("weight = 2", "wieght = 2")).unwrap_err();
         assert!(
-            err.contains("unknown field `wieght`") && err.contains("line 12"),
+            err.contains("unknown field `wieght`") && err.contains("line 13"),
             "{err}"
         );
         let err = load(&GOOD.replace("node-b", "node-a")).unwrap_err();
@@ -367,5 +380,21 @@ weight = 2
         assert!(err.contains("no [[upstream]]"), "{err}");
         let err = load("listen = ").unwrap_err();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn room_moves_need_a_control_token_unless_switched_off() {
+        let no_token = GOOD.replace("control_token = \"t\"\n", "");
+        let err = load(&no_token).unwrap_err();
+        assert!(
+            err.contains("`control_token` is not set") && err.contains("moves = false"),
+            "{err}"
+        );
+        let err = load(&GOOD.replace("\"t\"", "\"\"")).unwrap_err();
+        assert!(err.contains("`control_token` is not set"), "{err}");
+        let off = format!("moves = false\n{no_token}");
+        let c = load(&off).expect("moves = false needs no token");
+        assert!(!c.moves && c.control_token.is_none());
+        assert!(load(GOOD).expect("valid").moves);
     }
 }

@@ -1,19 +1,31 @@
-//! The control channel from balancers to nodes: who owns which meeting.
+//! The control channel: balancers tell nodes who owns which meeting, and
+//! nodes agree among themselves where each meeting's one live room is.
 //!
-//! A node cannot see the ring on its own, so each balancer pushes its view
-//! (`POST /control/view`) whenever the view changes and every
-//! `push_interval_ms` besides. A node evicts a room once every fresh view
-//! (one per balancer) says another node owns it: it hands the room's history
-//! to the new owner (`POST /control/handoff`) and then closes the room's
-//! clients with 4001, so they reconnect through the balancer, land on the new
-//! owner, and resume with `since`. Waiting for all balancers to agree keeps a
-//! room from bouncing while two of them briefly disagree (one has seen a
-//! health change a check earlier than the other).
+//! **Views.** A node cannot see the ring on its own, so each balancer pushes
+//! its view (`POST /control/view`, answered with a [`ViewAck`]) whenever the
+//! view changes and every `push_interval_ms` besides. Views say who *should*
+//! hold a meeting; they never create or destroy a room by themselves.
+//!
+//! **One live room.** Which node *does* hold a meeting is decided between the
+//! nodes, so that balancers whose views disagree (an edit that lands on one
+//! balancer a second before the other, health checks that see a node leave
+//! at different ticks) can never make two nodes open a room for the same
+//! meeting:
+//! - a room moves only by a handoff ([`HandoffBatch`], answered per room
+//!   with a [`HandoffOutcome`]) from the node that holds it, and the holder
+//!   gives it away only once no fresh view of any balancer names it;
+//! - a node that has no room for a meeting asks every peer it knows where
+//!   the room is ([`WhereRequest`] / [`WhereReply`]) before it opens one,
+//!   and joins or forwards to the holder instead if there is one;
+//! - a handoff whose answer was lost is settled by asking its receiver
+//!   ([`AbortRequest`] / [`AbortReply`]), never by guessing.
+//!
+//! docs/ARCHITECTURE.md explains why this is safe, and `model/` checks it.
 
 use crate::ring::{Member, Ring};
 use serde::{Deserialize, Serialize};
 
-/// Bearer token header of both control endpoints.
+/// Bearer token header of the control endpoints.
 pub const AUTHORIZATION: &str = "authorization";
 /// Set by the balancer on each proxied request: which balancer routed it...
 pub const BALANCER_HEADER: &str = "x-roompin-balancer";
@@ -27,6 +39,23 @@ pub const EPOCH_HEADER: &str = "x-roompin-epoch";
 /// balancer did, instead of refusing what the balancer rightly sent it
 /// while the dead owner is not yet marked unhealthy.
 pub const SKIPPED_HEADER: &str = "x-roompin-skipped";
+/// Set by a node that forwards a member's request to the node holding the
+/// meeting's room. The holder serves it if it holds the room, and otherwise
+/// refuses it (503) rather than forwarding it again.
+pub const RELAYED_HEADER: &str = "x-roompin-relayed-by";
+
+/// Path of the view push.
+pub const VIEW_PATH: &str = "/control/view";
+/// Path of the question "where is this meeting's room?".
+pub const WHERE_PATH: &str = "/control/where";
+/// Path of the room handoff.
+pub const HANDOFF_PATH: &str = "/control/handoff";
+/// Path of the settlement of a handoff whose answer was lost.
+pub const ABORT_PATH: &str = "/control/abort";
+/// Path of publishes forwarded to a room's new holder.
+pub const PUBLISH_PATH: &str = "/control/publish";
+/// Path of the rooms report.
+pub const ROOMS_PATH: &str = "/control/rooms";
 
 /// How a proxied request was routed, as its headers say.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +68,7 @@ pub struct RoutedBy<'a> {
 /// One balancer's ownership view.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RingView {
-    /// The balancer that sent it.
+    /// The balancer process that sent it (`<balancer_id>@<start ms>`).
     pub source: String,
     /// Bumped by any change of members, weights or health.
     pub epoch: u64,
@@ -52,7 +81,32 @@ pub struct RingView {
     /// has not heard again for three intervals (its balancer is gone).
     #[serde(default = "default_push_interval_ms")]
     pub push_interval_ms: u64,
+    /// Members removed from the config recently, which still get views so
+    /// that they hand their rooms over. Nodes ask them where rooms are too.
+    #[serde(default)]
+    pub departed: Vec<Member>,
+    /// Members this balancer has not been able to reach lately, with how
+    /// long ago a view of it last could have reached them. A node that gets
+    /// no view at all fences itself (see [`FRESH_PUSHES`]), so once every
+    /// balancer says a node has been out of reach longer than that, its
+    /// rooms are closed, and its meetings may start afresh elsewhere.
+    #[serde(default)]
+    pub unreachable: Vec<Unreachable>,
 }
+
+/// See [`RingView::unreachable`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Unreachable {
+    pub id: String,
+    /// Milliseconds since the last push that may have reached it.
+    pub for_ms: u64,
+}
+
+/// A view is fresh for this many push intervals. A node that holds no fresh
+/// view of any balancer has lost the control plane and fences itself: it
+/// closes its rooms and opens none, so that its meetings can safely start
+/// again elsewhere.
+pub const FRESH_PUSHES: u64 = 3;
 
 fn default_push_interval_ms() -> u64 {
     2000
@@ -63,20 +117,175 @@ impl RingView {
     pub fn owner_ring(&self) -> Ring {
         Ring::new(self.members.clone(), self.vnodes).without(|m| !self.healthy.contains(&m.id))
     }
+
+    /// How long this view stays fresh after it arrives.
+    pub fn fresh_for_ms(&self) -> u64 {
+        self.push_interval_ms.saturating_mul(FRESH_PUSHES)
+    }
 }
 
-/// A room's history, sent by its old owner to its new one before the old
-/// owner closes the room's clients.
+/// A node's answer to a view push.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ViewAck {
+    /// False when a newer view of the same balancer was already applied.
+    pub applied: bool,
+    pub epoch: u64,
+    /// Rooms this node started handing over because of this view.
+    pub moving: u64,
+}
+
+/// A node as its peers reach it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeRef {
+    pub id: String,
+    pub addr: String,
+}
+
+/// "Where are these meetings' rooms?", from a node that has none for them
+/// and means to hold them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhereRequest {
+    /// The asking node; it wins a tie against a peer that is opening the
+    /// same meeting if its id sorts first.
+    pub from: NodeRef,
+    pub meetings: Vec<String>,
+}
+
+/// The answers, in the order of [`WhereRequest::meetings`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhereReply {
+    pub node: String,
+    pub answers: Vec<Holding>,
+}
+
+/// What a node has of one meeting.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Holding {
+    /// Nothing: no room, and it is not opening one.
+    Absent,
+    /// It holds the live room (members join it there, or are forwarded).
+    Live,
+    /// Its room is closed and on its way to `to`.
+    Moving { to: NodeRef },
+    /// It handed the room to `to`, `age_ms` ago (the receiver's own answer
+    /// is trusted once it surely postdates that).
+    Moved { to: NodeRef, age_ms: u64 },
+    /// It is asking around itself, to open the room.
+    Acquiring,
+}
+
+/// A room's history, sent by its old holder to its new one.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Handoff {
     pub meeting_id: String,
-    /// The room's incarnation, kept by the new owner.
-    #[serde(default)]
+    /// The room's incarnation, kept by the new holder.
     pub room: String,
-    /// The room's last seq; the new owner continues from it.
+    /// The room's last seq; the new holder continues from it.
     pub seq: u64,
     /// The retained events, oldest first, as the JSON text sent to clients.
     pub events: Vec<String>,
+}
+
+/// Rooms handed to one node at once (a membership change moves hundreds).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HandoffBatch {
+    pub from: NodeRef,
+    pub rooms: Vec<Handoff>,
+}
+
+/// The receiver's answer, one outcome per room in batch order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandoffAck {
+    pub outcomes: Vec<HandoffOutcome>,
+}
+
+/// What became of one handed-over room.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum HandoffOutcome {
+    /// The room is live on the receiver now, with its seq and history.
+    Adopted,
+    /// The receiver had adopted this very room already (a retry).
+    Duplicate,
+    /// Not adopted; the sender keeps the room.
+    Refused { reason: Refusal },
+}
+
+/// Why a node refused a handoff.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// It holds another live room of that meeting: two rooms existed, which
+    /// the protocol is meant to prevent; the sender closes its own.
+    Conflict,
+    /// It is draining.
+    Draining,
+    /// It has no fresh view of any balancer (fenced).
+    Fenced,
+    /// The sender settled this handoff as not adopted already.
+    Aborted,
+    /// The meeting id or the room is malformed.
+    Invalid,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Conflict => "conflict",
+            Refusal::Draining => "draining",
+            Refusal::Fenced => "fenced",
+            Refusal::Aborted => "aborted",
+            Refusal::Invalid => "invalid",
+        }
+    }
+}
+
+/// "Did you adopt this room? If not, never do": sent by a handoff's sender
+/// that did not get the answer, so that it knows whether to reopen the room.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AbortRequest {
+    pub from: NodeRef,
+    pub meeting_id: String,
+    pub room: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AbortReply {
+    /// True: the room is live there; false: it is not, and a late copy of
+    /// the handoff will be refused.
+    pub adopted: bool,
+}
+
+/// Messages that reached a room while it was in transit, passed on to its
+/// new holder so that nobody has to resend them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishBatch {
+    pub from: NodeRef,
+    pub publishes: Vec<ForwardedPublish>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForwardedPublish {
+    pub meeting_id: String,
+    /// The sender's user name (`from` of the message event).
+    pub user: String,
+    pub text: String,
+}
+
+/// One result per forwarded publish, in batch order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishReply {
+    pub results: Vec<Published>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Published {
+    /// Published with this seq in this incarnation.
+    Ok { seq: u64, room: String },
+    /// The receiver does not hold the meeting's room.
+    NotHere,
 }
 
 /// What a node holds, for operators and tests (`GET /control/rooms`, bearer
@@ -97,9 +306,56 @@ pub struct RoomInfo {
     pub members: usize,
 }
 
-/// Path of the rooms report.
-pub const ROOMS_PATH: &str = "/control/rooms";
-/// Path of the view push.
-pub const VIEW_PATH: &str = "/control/view";
-/// Path of the history handoff.
-pub const HANDOFF_PATH: &str = "/control/handoff";
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON shapes are the contract between processes of different
+    /// builds: pin them.
+    #[test]
+    fn wire_shapes_are_stable() {
+        let n = NodeRef {
+            id: "node-b".into(),
+            addr: "10.0.0.2:9001".into(),
+        };
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (
+                serde_json::to_value(Holding::Moving { to: n.clone() }).unwrap_or_default(),
+                r#"{"state":"moving","to":{"addr":"10.0.0.2:9001","id":"node-b"}}"#,
+            ),
+            (
+                serde_json::to_value(Holding::Absent).unwrap_or_default(),
+                r#"{"state":"absent"}"#,
+            ),
+            (
+                serde_json::to_value(HandoffOutcome::Refused {
+                    reason: Refusal::Conflict,
+                })
+                .unwrap_or_default(),
+                r#"{"outcome":"refused","reason":"conflict"}"#,
+            ),
+            (
+                serde_json::to_value(Published::Ok {
+                    seq: 4,
+                    room: "ab".into(),
+                })
+                .unwrap_or_default(),
+                r#"{"result":"ok","room":"ab","seq":4}"#,
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn an_old_view_without_the_new_fields_still_parses() {
+        let v: RingView = serde_json::from_str(
+            r#"{"source":"b@1","epoch":3,"vnodes":8,"members":[],"healthy":[]}"#,
+        )
+        .expect("parses");
+        assert_eq!(v.push_interval_ms, 2000);
+        assert!(v.departed.is_empty() && v.unreachable.is_empty());
+        assert_eq!(v.fresh_for_ms(), 6000);
+    }
+}

@@ -183,6 +183,8 @@ impl Cluster {
             format!("listen = \"{public}\"\nadmin_listen = \"{admin}\"\npush_interval_ms = 500\n");
         if options.control {
             toml.push_str(&format!("control_token = \"{TOKEN}\"\n"));
+        } else {
+            toml.push_str("moves = false\n");
         }
         toml.push_str(&format!("\n[health]\n{}\n", options.health_toml));
         for n in nodes {

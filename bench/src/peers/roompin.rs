@@ -74,8 +74,9 @@ impl BalancerConfig {
             "listen = \"{}\"\nadmin_listen = \"{}\"\nvnodes = {}\n",
             self.addr, self.admin, self.vnodes
         );
-        if let Some(token) = &self.token {
-            t.push_str(&format!("control_token = \"{token}\"\n"));
+        match &self.token {
+            Some(token) => t.push_str(&format!("control_token = \"{token}\"\n")),
+            None => t.push_str("moves = false\n"),
         }
         t.push_str("\n[health]\ninterval_ms = 1000\ntimeout_ms = 1000\nunhealthy_after = 3\nhealthy_after = 2\n");
         for n in nodes {
