@@ -54,6 +54,14 @@ impl Admin {
             .iter()
             .map(|u| {
                 let health = routing.health_of(&u.id);
+                let control = if routing.config.moves {
+                    match self.membership.push_status(&u.id) {
+                        None => json!("ok"),
+                        Some(why) => json!({ "error": why }),
+                    }
+                } else {
+                    json!("off")
+                };
                 json!({
                     "id": u.id,
                     "addr": u.addr,
@@ -62,6 +70,7 @@ impl Admin {
                     "owner": health == Health::Healthy,
                     "connections": self.metrics.connections.with_label_values(&[&u.id]).get(),
                     "sse_streams": self.metrics.streams.with_label_values(&[&u.id]).get(),
+                    "control": control,
                 })
             })
             .collect();

@@ -46,8 +46,8 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
     let config = source.load()?;
     let metrics = metrics::Metrics::register()?;
     let (listen, admin_listen) = (config.listen, config.admin_listen);
-    if config.control_token.is_none() {
-        tracing::warn!("no control_token: nodes cannot be told to move rooms, so a membership change may split meetings");
+    if !config.moves {
+        tracing::warn!("moves = false: rooms do not move when the node set changes, so every change splits the meetings it reassigns");
     }
     let membership = routing::Membership::new(config, metrics.clone());
     let health = Arc::new(health::HealthChecker::new(membership.clone()));

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub ring_epoch: IntGauge,
     pub rooms_moved: IntCounter,
     pub view_pushes: IntCounterVec,
+    pub upstream_control_ok: IntGaugeVec,
 }
 
 impl Metrics {
@@ -60,12 +61,17 @@ impl Metrics {
             )?,
             rooms_moved: register_int_counter!(
                 "roompin_balancer_rooms_moved_total",
-                "Rooms the nodes moved to a new owner after a ring change, as they reported"
+                "Rooms the nodes started handing to a new owner after a view push, as they reported"
             )?,
             view_pushes: register_int_counter_vec!(
                 "roompin_balancer_view_pushes_total",
                 "Ownership views pushed to nodes, by result",
                 &["result"]
+            )?,
+            upstream_control_ok: register_int_gauge_vec!(
+                "roompin_balancer_upstream_control_ok",
+                "1 when the last view push to the node worked, 0 when it failed (a wrong control token, the node out of reach): a node that gets no views cannot be told to move rooms",
+                &["upstream"]
             )?,
         })
     }

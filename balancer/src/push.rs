@@ -1,17 +1,24 @@
 //! Pushes this balancer's ownership view to every node: at once after each
 //! ring change, and every `push_interval_ms` besides (a restarted node has
-//! no view until it gets one). Nodes answer how many rooms they moved.
+//! no view until it gets one, and a node that hears no view at all fences
+//! itself). Each node is pushed to on its own, so one that does not answer
+//! never delays the views of the others. Nodes answer with a typed
+//! [`ViewAck`]; a failing push (a wrong token, a node out of reach) is an
+//! error the operator sees in the log, in `/ring` and in the metrics.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
-use crate::routing::Membership;
-use roompin_shared::control::{RingView, AUTHORIZATION, VIEW_PATH};
+use crate::routing::{Membership, PushOutcome};
+use roompin_shared::control::{ViewAck, AUTHORIZATION, VIEW_PATH};
+use roompin_shared::Member;
 
 const PUSH_TIMEOUT: Duration = Duration::from_millis(1000);
 
@@ -19,6 +26,8 @@ pub struct ViewPusher {
     membership: Arc<Membership>,
     metrics: Metrics,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Nodes with a push out: not pushed to again until it ends.
+    in_flight: Arc<Mutex<HashSet<String>>>,
 }
 
 impl ViewPusher {
@@ -30,6 +39,7 @@ impl ViewPusher {
             membership,
             metrics,
             client: Client::builder(TokioExecutor::new()).build(connector),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -37,9 +47,8 @@ impl ViewPusher {
         tokio::pin!(shutdown);
         loop {
             let routing = self.membership.routing();
-            if routing.config.control_token.is_some() {
-                self.push_all(routing.view(), routing.config.control_token.as_deref())
-                    .await;
+            if routing.config.moves {
+                self.push_all(routing.config.control_token.clone());
             }
             let every = Duration::from_millis(routing.config.push_interval_ms);
             tokio::select! {
@@ -50,52 +59,92 @@ impl ViewPusher {
         }
     }
 
-    async fn push_all(&self, view: RingView, token: Option<&str>) {
+    /// Starts a push of the current view to every member and every member
+    /// removed lately, except those whose last push is still out.
+    fn push_all(&self, token: Option<String>) {
+        let view = self.membership.view();
         let Ok(body) = serde_json::to_vec(&view) else {
             return;
         };
         let body = Bytes::from(body);
-        let mut targets: Vec<String> = view.members.iter().map(|m| m.addr.clone()).collect();
-        targets.extend(self.membership.departed().into_iter().map(|m| m.addr));
-        let pushes = targets
-            .iter()
-            .map(|addr| self.push(addr, body.clone(), token));
-        for result in futures_util::future::join_all(pushes).await {
-            match result {
-                Ok(moved) => {
-                    self.metrics.view_pushes.with_label_values(&["ok"]).inc();
-                    self.metrics.rooms_moved.inc_by(moved);
-                }
-                Err(e) => {
-                    self.metrics.view_pushes.with_label_values(&["error"]).inc();
-                    tracing::debug!(error = %e, epoch = view.epoch, "view push failed");
-                }
+        let targets: Vec<Member> = view.members.iter().chain(&view.departed).cloned().collect();
+        for target in targets {
+            if !self.in_flight.lock().insert(target.id.clone()) {
+                continue;
             }
+            let (client, membership, metrics, in_flight) = (
+                self.client.clone(),
+                self.membership.clone(),
+                self.metrics.clone(),
+                self.in_flight.clone(),
+            );
+            let (body, token, epoch) = (body.clone(), token.clone(), view.epoch);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let outcome = push(&client, &target.addr, body, token.as_deref()).await;
+                in_flight.lock().remove(&target.id);
+                let outcome = match outcome {
+                    Ok(ack) => {
+                        metrics.view_pushes.with_label_values(&["ok"]).inc();
+                        metrics.rooms_moved.inc_by(ack.moving);
+                        if ack.moving > 0 {
+                            tracing::info!(upstream = %target.id, epoch, moving = ack.moving, "node is handing rooms over");
+                        }
+                        PushOutcome::Applied
+                    }
+                    Err(outcome) => {
+                        metrics.view_pushes.with_label_values(&["error"]).inc();
+                        tracing::debug!(upstream = %target.id, epoch, ?outcome, "view push failed");
+                        outcome
+                    }
+                };
+                membership.record_push(&target.id, started, &outcome);
+            });
         }
     }
+}
 
-    /// Returns the number of rooms the node moved.
-    async fn push(&self, addr: &str, body: Bytes, token: Option<&str>) -> anyhow::Result<u64> {
-        let mut req = http::Request::post(format!("http://{addr}{VIEW_PATH}"))
-            .header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(token) = token {
-            req = req.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let resp = tokio::time::timeout(
-            PUSH_TIMEOUT,
-            self.client.request(req.body(Full::new(body))?),
-        )
-        .await??;
+/// One push; a failure says whether the view may have reached the node.
+async fn push(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: &str,
+    body: Bytes,
+    token: Option<&str>,
+) -> Result<ViewAck, PushOutcome> {
+    let mut req = http::Request::post(format!("http://{addr}{VIEW_PATH}"))
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Full::new(body))
+        .map_err(|e| PushOutcome::Unreached(e.to_string()))?;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                PushOutcome::Unreached(e.to_string())
+            } else {
+                PushOutcome::Lost(e.to_string())
+            }
+        })?;
         let status = resp.status();
-        let body = tokio::time::timeout(PUSH_TIMEOUT, resp.into_body().collect())
-            .await??
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| PushOutcome::Lost(e.to_string()))?
             .to_bytes();
-        anyhow::ensure!(
-            status.is_success(),
-            "{addr} answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-        let answer: serde_json::Value = serde_json::from_slice(&body)?;
-        Ok(answer["moved"].as_u64().unwrap_or(0))
+        if !status.is_success() {
+            let why = format!("{status} {}", String::from_utf8_lossy(&bytes).trim());
+            return Err(PushOutcome::Rejected(why));
+        }
+        serde_json::from_slice::<ViewAck>(&bytes)
+            .map_err(|e| PushOutcome::Rejected(format!("not a view ack: {e}")))
+    };
+    match tokio::time::timeout(PUSH_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(PushOutcome::Lost(format!(
+            "no answer within {PUSH_TIMEOUT:?}"
+        ))),
     }
 }

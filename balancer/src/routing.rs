@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::health::Check;
 use crate::metrics::Metrics;
 use roompin_shared::config::BalancerConfig;
-use roompin_shared::control::RingView;
+use roompin_shared::control::{RingView, Unreachable};
 use roompin_shared::{Member, Ring};
 
 /// How long a member removed from the TOML still gets views pushed, so a
@@ -50,17 +50,6 @@ impl Routing {
     pub fn health_of(&self, id: &str) -> Health {
         self.health.get(id).copied().unwrap_or(Health::Unknown)
     }
-
-    pub fn view(&self) -> RingView {
-        RingView {
-            source: self.balancer_id.clone(),
-            epoch: self.epoch,
-            vnodes: self.config.vnodes,
-            members: self.config.members(),
-            healthy: self.owners.members().iter().map(|m| m.id.clone()).collect(),
-            push_interval_ms: self.config.push_interval_ms,
-        }
-    }
 }
 
 /// Consecutive check results of one member.
@@ -83,6 +72,58 @@ impl Track {
             fail_streak: 0,
         }
     }
+
+    /// Counts one check and returns the health it leads to. The rules:
+    /// a 503 (draining) takes a member out at once; a member never seen
+    /// healthy (new, or still starting) is admitted by its first good check
+    /// (`healthy_after` guards failback, not first admission); a healthy
+    /// member leaves after `unhealthy_after` failures in a row, and an
+    /// unhealthy one returns after `healthy_after` successes in a row.
+    fn record(&mut self, check: Check, unhealthy_after: u32, healthy_after: u32) -> Health {
+        let ok = check == Check::Ok;
+        if ok {
+            self.ok_streak += 1;
+            self.fail_streak = 0;
+        } else {
+            self.fail_streak += 1;
+            self.ok_streak = 0;
+        }
+        let next = match (self.health, ok) {
+            (_, false) if check == Check::Draining => Health::Unhealthy,
+            (Health::Unknown, true) => Health::Healthy,
+            (Health::Unknown, false) => Health::Unhealthy,
+            (Health::Unhealthy, true) if !self.ever_healthy => Health::Healthy,
+            (Health::Healthy, false) if self.fail_streak >= unhealthy_after => Health::Unhealthy,
+            (Health::Unhealthy, true) if self.ok_streak >= healthy_after => Health::Healthy,
+            (same, _) => same,
+        };
+        self.health = next;
+        self.ever_healthy |= next == Health::Healthy;
+        next
+    }
+}
+
+/// What the last view pushes to a node did.
+#[derive(Clone, Debug)]
+struct PushTrack {
+    /// When the last push that may have renewed the node's lease started
+    /// (it was applied, or its answer was lost after the request went out).
+    renewed: Option<Instant>,
+    /// Why the last push failed, if it did.
+    failing: Option<String>,
+}
+
+/// The outcome of one view push, as the pusher saw it.
+#[derive(Clone, Debug)]
+pub enum PushOutcome {
+    /// Applied (or a newer view was already there).
+    Applied,
+    /// Rejected with an error status (a wrong token, say): it did not renew.
+    Rejected(String),
+    /// No connection: it did not reach the node.
+    Unreached(String),
+    /// The request went out but its answer was lost: it may have renewed.
+    Lost(String),
 }
 
 struct Inner {
@@ -91,10 +132,13 @@ struct Inner {
     epoch: u64,
     departed: Vec<(Member, Instant)>,
     suspects: Vec<String>,
+    /// Per node id, pushed to now or lately.
+    pushes: HashMap<String, PushTrack>,
 }
 
 pub struct Membership {
     balancer_id: String,
+    started: Instant,
     routing: ArcSwap<Routing>,
     inner: Mutex<Inner>,
     metrics: Metrics,
@@ -126,10 +170,12 @@ impl Membership {
             epoch: 0,
             departed: Vec::new(),
             suspects: Vec::new(),
+            pushes: HashMap::new(),
         };
         let routing = build(&balancer_id, &mut inner, &metrics);
         Arc::new(Membership {
             balancer_id,
+            started: Instant::now(),
             routing: ArcSwap::from_pointee(routing),
             inner: Mutex::new(inner),
             metrics,
@@ -197,7 +243,6 @@ impl Membership {
 
     /// Records one active check of `id`.
     pub fn record_check(&self, id: &str, check: Check) {
-        let ok = check == Check::Ok;
         let mut inner = self.inner.lock();
         let (unhealthy_after, healthy_after) = (
             inner.config.health.unhealthy_after,
@@ -207,30 +252,10 @@ impl Membership {
         let Some(track) = inner.tracks.get_mut(id) else {
             return;
         };
-        if ok {
-            track.ok_streak += 1;
-            track.fail_streak = 0;
-        } else {
-            track.fail_streak += 1;
-            track.ok_streak = 0;
-        }
-        let next = match (track.health, ok) {
-            (_, false) if check == Check::Draining => Health::Unhealthy,
-            // A member never seen healthy (new, or still starting) is
-            // admitted by its first good check: healthy_after guards
-            // failback, not first admission.
-            (Health::Unknown, true) => Health::Healthy,
-            (Health::Unknown, false) => Health::Unhealthy,
-            (Health::Unhealthy, true) if !track.ever_healthy => Health::Healthy,
-            (Health::Healthy, false) if track.fail_streak >= unhealthy_after => Health::Unhealthy,
-            // healthy_after is the guard against flapping on failback.
-            (Health::Unhealthy, true) if track.ok_streak >= healthy_after => Health::Healthy,
-            (same, _) => same,
-        };
-        if next != track.health {
-            tracing::info!(upstream = id, from = ?track.health, to = ?next, "upstream health changed");
-            track.health = next;
-            track.ever_healthy |= next == Health::Healthy;
+        let before = track.health;
+        let next = track.record(check, unhealthy_after, healthy_after);
+        if next != before {
+            tracing::info!(upstream = id, from = ?before, to = ?next, "upstream health changed");
             self.rebuild(&mut inner);
         }
     }
@@ -257,6 +282,84 @@ impl Membership {
             .departed
             .retain(|(_, at)| at.elapsed() < DEPARTED_PUSH_FOR);
         inner.departed.iter().map(|(m, _)| m.clone()).collect()
+    }
+
+    /// The view to push now: the routing in force, the members recently
+    /// removed, and the nodes whose pushes have been failing, with how long
+    /// ago a push could last have renewed their lease.
+    pub fn view(&self) -> RingView {
+        let routing = self.routing();
+        let now = Instant::now();
+        let departed = self.departed();
+        let inner = self.inner.lock();
+        let unreachable = inner
+            .pushes
+            .iter()
+            .filter(|(_, p)| p.failing.is_some())
+            .map(|(id, p)| Unreachable {
+                id: id.clone(),
+                for_ms: now
+                    .saturating_duration_since(p.renewed.unwrap_or(self.started))
+                    .as_millis() as u64,
+            })
+            .collect();
+        RingView {
+            source: routing.balancer_id.clone(),
+            epoch: routing.epoch,
+            vnodes: routing.config.vnodes,
+            members: routing.config.members(),
+            healthy: routing
+                .owners
+                .members()
+                .iter()
+                .map(|m| m.id.clone())
+                .collect(),
+            push_interval_ms: routing.config.push_interval_ms,
+            departed,
+            unreachable,
+        }
+    }
+
+    /// Records how a push to node `id`, started at `started`, ended. A
+    /// change between working and failing is logged once, with the reason,
+    /// and shows in `/ring` and `roompin_balancer_upstream_control_ok`.
+    pub fn record_push(&self, id: &str, started: Instant, outcome: &PushOutcome) {
+        let mut inner = self.inner.lock();
+        let track = inner.pushes.entry(id.to_owned()).or_insert(PushTrack {
+            renewed: None,
+            failing: Some("no push yet".into()),
+        });
+        let failing = match outcome {
+            PushOutcome::Applied => None,
+            PushOutcome::Rejected(why) => Some(format!("rejected: {why}")),
+            PushOutcome::Unreached(why) => Some(format!("unreachable: {why}")),
+            PushOutcome::Lost(why) => Some(format!("no answer: {why}")),
+        };
+        if matches!(outcome, PushOutcome::Applied | PushOutcome::Lost(_)) {
+            track.renewed = Some(track.renewed.map_or(started, |r| r.max(started)));
+        }
+        match (&track.failing, &failing) {
+            (Some(_), None) => tracing::info!(upstream = id, "view pushes to the node work"),
+            (None, Some(why)) => {
+                tracing::error!(upstream = id, reason = %why, "view push to the node failed: it cannot be told to move rooms")
+            }
+            _ => {}
+        }
+        let ok = failing.is_none();
+        track.failing = failing;
+        self.metrics
+            .upstream_control_ok
+            .with_label_values(&[id])
+            .set(i64::from(ok));
+    }
+
+    /// Why pushes to `id` fail, if they do (`None`: working; never pushed
+    /// counts as failing).
+    pub fn push_status(&self, id: &str) -> Option<String> {
+        match self.inner.lock().pushes.get(id) {
+            Some(p) => p.failing.clone(),
+            None => Some("no push yet".into()),
+        }
     }
 
     fn rebuild(&self, inner: &mut Inner) {
@@ -293,5 +396,155 @@ fn build(balancer_id: &str, inner: &mut Inner, metrics: &Metrics) -> Routing {
         balancer_id: balancer_id.to_owned(),
         owners,
         health,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    fn metrics() -> Metrics {
+        static M: OnceLock<Metrics> = OnceLock::new();
+        M.get_or_init(|| Metrics::register().expect("metrics register once"))
+            .clone()
+    }
+
+    /// Health after each check, from a fresh member: `unhealthy_after` 3,
+    /// `healthy_after` 2. `o` ok, `f` failed, `d` draining (503).
+    #[test]
+    fn health_rules() {
+        use Health::*;
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<Health>, &str)> = vec![
+            ("o",      vec![Healthy], "a new member is admitted by its first good check"),
+            ("f",      vec![Unhealthy], "a new member that fails is out"),
+            ("fo",     vec![Unhealthy, Healthy], "never healthy yet: the first good check admits it"),
+            ("off",    vec![Healthy, Healthy, Healthy], "two failures are a blip"),
+            ("offf",   vec![Healthy, Healthy, Healthy, Unhealthy], "the third one is not"),
+            ("offo f", vec![Healthy, Healthy, Healthy, Healthy, Healthy], "a success resets the streak"),
+            ("od",     vec![Healthy, Unhealthy], "503: out at once"),
+            ("odo",    vec![Healthy, Unhealthy, Unhealthy], "failback needs two good checks"),
+            ("odoo",   vec![Healthy, Unhealthy, Unhealthy, Healthy], "and gets them"),
+            ("odofoo", vec![Healthy, Unhealthy, Unhealthy, Unhealthy, Unhealthy, Healthy], "in a row"),
+        ];
+        for (checks, want, why) in cases {
+            let mut t = Track::new();
+            let got: Vec<Health> = checks
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .map(|c| {
+                    let check = match c {
+                        'o' => Check::Ok,
+                        'd' => Check::Draining,
+                        _ => Check::Failed,
+                    };
+                    t.record(check, 3, 2)
+                })
+                .collect();
+            assert_eq!(got, want, "{checks}: {why}");
+        }
+    }
+
+    fn config(upstreams: &[(&str, &str, u32)]) -> BalancerConfig {
+        let mut toml = String::from(
+            "listen = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\ncontrol_token = \"t\"\n",
+        );
+        for (id, addr, weight) in upstreams {
+            toml.push_str(&format!(
+                "[[upstream]]\nid = \"{id}\"\naddr = \"{addr}\"\nweight = {weight}\n"
+            ));
+        }
+        BalancerConfig::from_toml(std::path::Path::new("t.toml"), &toml).expect("valid")
+    }
+
+    const A: (&str, &str, u32) = ("a", "127.0.0.1:9001", 1);
+    const B: (&str, &str, u32) = ("b", "127.0.0.1:9002", 1);
+    const C: (&str, &str, u32) = ("c", "127.0.0.1:9003", 1);
+
+    fn healthy_ids(m: &Membership) -> Vec<String> {
+        let mut ids: Vec<String> = m
+            .routing()
+            .owners
+            .members()
+            .iter()
+            .map(|x| x.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn reloads_keep_health_bump_the_epoch_only_for_ring_changes_and_remember_the_departed() {
+        let m = Membership::new(config(&[A, B]), metrics());
+        m.record_check("a", Check::Ok);
+        m.record_check("b", Check::Ok);
+        assert_eq!(healthy_ids(&m), vec!["a", "b"]);
+        let epoch = m.routing().epoch;
+
+        // Same members, other settings: same epoch, health kept.
+        let mut same = config(&[A, B]);
+        same.push_interval_ms = 777;
+        m.apply_config(same);
+        assert_eq!(m.routing().epoch, epoch);
+        assert_eq!(m.routing().config.push_interval_ms, 777);
+        assert_eq!(healthy_ids(&m), vec!["a", "b"]);
+
+        // A new member starts unknown (owns nothing) until checked.
+        m.apply_config(config(&[A, B, C]));
+        assert_eq!(m.routing().epoch, epoch + 1);
+        assert_eq!(m.routing().health_of("c"), Health::Unknown);
+        assert_eq!(healthy_ids(&m), vec!["a", "b"]);
+        m.record_check("c", Check::Ok);
+        assert_eq!(healthy_ids(&m), vec!["a", "b", "c"]);
+
+        // A weight change is a ring change.
+        m.apply_config(config(&[A, ("b", "127.0.0.1:9002", 2), C]));
+        assert_eq!(m.routing().epoch, epoch + 3);
+
+        // A removed member is remembered, and gets views meanwhile.
+        m.apply_config(config(&[A, C]));
+        let departed: Vec<String> = m.departed().into_iter().map(|x| x.id).collect();
+        assert_eq!(departed, vec!["b"]);
+        let view = m.view();
+        assert_eq!(view.departed.len(), 1);
+        assert!(!view.members.iter().any(|x| x.id == "b"));
+
+        // The same id at another address is another node: unknown again.
+        m.apply_config(config(&[A, ("c", "127.0.0.1:9999", 1)]));
+        assert_eq!(m.routing().health_of("c"), Health::Unknown);
+        let departed: Vec<String> = m.departed().into_iter().map(|x| x.addr).collect();
+        assert!(departed.contains(&"127.0.0.1:9003".to_owned()));
+    }
+
+    #[test]
+    fn failing_pushes_are_reported_in_the_view_with_the_time_since_a_possible_renewal() {
+        let m = Membership::new(config(&[A, B]), metrics());
+        assert!(
+            m.push_status("a").is_some(),
+            "never pushed counts as failing"
+        );
+        let t0 = Instant::now();
+        m.record_push("a", t0, &PushOutcome::Applied);
+        m.record_push("b", t0, &PushOutcome::Lost("timeout".into()));
+        assert_eq!(m.push_status("a"), None);
+        assert!(m.push_status("b").is_some_and(|w| w.contains("no answer")));
+        m.record_push(
+            "b",
+            Instant::now(),
+            &PushOutcome::Unreached("refused".into()),
+        );
+        m.record_push("a", Instant::now(), &PushOutcome::Rejected("401".into()));
+        let view = m.view();
+        let mut ids: Vec<&str> = view.unreachable.iter().map(|u| u.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, vec!["a", "b"], "both fail now");
+        // b's lease may have been renewed by the lost push at t0, not by the
+        // unreached one; a's by the push applied at t0.
+        for u in &view.unreachable {
+            assert!(u.for_ms <= t0.elapsed().as_millis() as u64 + 1);
+        }
+        m.record_push("a", Instant::now(), &PushOutcome::Applied);
+        assert!(m.view().unreachable.iter().all(|u| u.id != "a"));
     }
 }

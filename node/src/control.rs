@@ -1,17 +1,33 @@
-//! `/control/*`: the balancers' channel to this node (see
-//! `roompin_shared::control`). Authenticated by a shared bearer token; off
-//! when the node has none.
+//! `/control/*`: the balancers' and the peers' channel to this node (types
+//! in `roompin_shared::control`). Authenticated by the shared bearer token,
+//! which is checked before a byte of the body is read; every body is
+//! capped. Off when the node has no token.
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::node::Node;
-use roompin_shared::control::{Handoff, RingView, RoomInfo, RoomsReport, AUTHORIZATION};
+use roompin_shared::control::{
+    AbortReply, AbortRequest, HandoffAck, HandoffBatch, HandoffOutcome, Holding, PublishBatch,
+    PublishReply, Published, RingView, RoomInfo, RoomsReport, ViewAck, WhereReply, WhereRequest,
+    AUTHORIZATION,
+};
+use roompin_shared::protocol::check_user;
 use roompin_shared::MeetingId;
+
+/// Body caps. A handoff batch is sent in chunks of a few MiB, but one room
+/// may hold up to `history_events` × `max_message_bytes` on its own.
+const VIEW_LIMIT: usize = 1 << 20;
+const WHERE_LIMIT: usize = 1 << 20;
+const HANDOFF_LIMIT: usize = 128 << 20;
+const ABORT_LIMIT: usize = 64 << 10;
+const PUBLISH_LIMIT: usize = 16 << 20;
 
 /// Why a control request is refused, or `None` if it is authorized.
 fn refusal(node: &Node, headers: &HeaderMap) -> Option<Response> {
@@ -34,26 +50,162 @@ fn refusal(node: &Node, headers: &HeaderMap) -> Option<Response> {
     (!ok).then(|| (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response())
 }
 
-/// A balancer's new ownership view. Rooms this node no longer owns move.
-pub async fn view(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    Json(view): Json<RingView>,
-) -> Response {
-    if let Some(refusal) = refusal(&node, &headers) {
-        return refusal;
+/// The token first, then at most `limit` bytes of body, then JSON.
+async fn authorized<T: DeserializeOwned>(
+    node: &Node,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, Response> {
+    if let Some(refusal) = refusal(node, headers) {
+        return Err(refusal);
     }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        let reason = format!("body over the limit of {limit} bytes, or unreadable\n");
+        (StatusCode::PAYLOAD_TOO_LARGE, reason).into_response()
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let reason = format!("body is not the expected JSON: {e}\n");
+        (StatusCode::BAD_REQUEST, reason).into_response()
+    })
+}
+
+/// A balancer's new ownership view. Rooms that no fresh view names this
+/// node for any more start moving; the answer says how many.
+pub async fn view(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let view: RingView = match authorized(&node, &headers, body, VIEW_LIMIT).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let now = Instant::now();
     let (epoch, source) = (view.epoch, view.source.clone());
-    let applied = node.ownership.apply(view);
+    let applied = node.ownership.apply(view, now);
     // Re-checked on every push, not only on new epochs: a view that went
     // stale (its balancer stopped) may be what kept a room here.
-    let moved = if applied {
-        node.ownership.evict_lost_rooms(&node).await
+    let moving = if applied {
+        let orders = node.placement.start_moves(&node.ownership.snapshot(), now);
+        node.send_moves(orders)
     } else {
         0
     };
-    tracing::debug!(%source, epoch, applied, moved, "ring view received");
-    Json(json!({ "applied": applied, "epoch": epoch, "moved": moved })).into_response()
+    tracing::debug!(%source, epoch, applied, moving, "ring view received");
+    Json(ViewAck {
+        applied,
+        epoch,
+        moving: moving as u64,
+    })
+    .into_response()
+}
+
+/// A peer asks what this node has of some meetings.
+pub async fn where_is(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let ask: WhereRequest = match authorized(&node, &headers, body, WHERE_LIMIT).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let now = Instant::now();
+    let views = node.ownership.snapshot();
+    let mut orders = Vec::new();
+    let answers = ask
+        .meetings
+        .iter()
+        .map(|m| match MeetingId::parse(m, "meeting_id") {
+            Ok(meeting) => {
+                let (holding, order) = node
+                    .placement
+                    .answer_where(&meeting, &ask.from, &views, now);
+                orders.extend(order);
+                holding
+            }
+            Err(_) => Holding::Absent,
+        })
+        .collect();
+    node.send_moves(orders);
+    Json(WhereReply {
+        node: node.id.to_string(),
+        answers,
+    })
+    .into_response()
+}
+
+/// Rooms handed over by a peer.
+pub async fn handoff(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let batch: HandoffBatch = match authorized(&node, &headers, body, HANDOFF_LIMIT).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let now = Instant::now();
+    node.placement.note_contact(&batch.from, now);
+    let ask = node.ask(now);
+    let outcomes: Vec<HandoffOutcome> = batch
+        .rooms
+        .iter()
+        .map(|h| {
+            let outcome = node.placement.adopt(h, ask);
+            let label = match &outcome {
+                HandoffOutcome::Adopted => "adopted",
+                HandoffOutcome::Duplicate => "duplicate",
+                HandoffOutcome::Refused { reason } => reason.as_str(),
+            };
+            node.metrics
+                .handoffs
+                .with_label_values(&["received", label])
+                .inc();
+            match &outcome {
+                HandoffOutcome::Refused { .. } => {
+                    tracing::warn!(meeting = %h.meeting_id, from = %batch.from.id, to = %node.id, outcome = label, "handoff refused")
+                }
+                _ => {
+                    tracing::info!(meeting = %h.meeting_id, from = %batch.from.id, to = %node.id, seq = h.seq, events = h.events.len(), outcome = label, "room adopted")
+                }
+            }
+            outcome
+        })
+        .collect();
+    Json(HandoffAck { outcomes }).into_response()
+}
+
+/// A peer that lost the answer to a handoff asks whether it landed.
+pub async fn abort(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let ask: AbortRequest = match authorized(&node, &headers, body, ABORT_LIMIT).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Ok(meeting) = MeetingId::parse(&ask.meeting_id, "meeting_id") else {
+        return (StatusCode::BAD_REQUEST, "bad meeting_id\n").into_response();
+    };
+    let adopted = node.placement.abort(&meeting, &ask.room, Instant::now());
+    tracing::info!(meeting = %meeting, from = %ask.from.id, adopted, "handoff settled");
+    Json(AbortReply { adopted }).into_response()
+}
+
+/// Messages that reached a room while it was on its way here.
+pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let batch: PublishBatch = match authorized(&node, &headers, body, PUBLISH_LIMIT).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let results = batch
+        .publishes
+        .iter()
+        .map(|p| {
+            let room = MeetingId::parse(&p.meeting_id, "meeting_id")
+                .ok()
+                .filter(|_| check_user(&p.user).is_ok())
+                .and_then(|m| node.placement.live(&m));
+            match room.map(|r| r.publish(&p.user, &p.text)) {
+                Some(Ok((seq, room))) => {
+                    node.metrics.events_received.inc();
+                    Published::Ok {
+                        seq,
+                        room: room.to_string(),
+                    }
+                }
+                _ => Published::NotHere,
+            }
+        })
+        .collect();
+    Json(PublishReply { results }).into_response()
 }
 
 /// Every live room of this node, for operators and tests.
@@ -61,34 +213,16 @@ pub async fn rooms(State(node): State<Arc<Node>>, headers: HeaderMap) -> Respons
     if let Some(refusal) = refusal(&node, &headers) {
         return refusal;
     }
-    let mut rooms: Vec<RoomInfo> = node.rooms.all().iter().map(|r| r.info()).collect();
+    let mut rooms: Vec<RoomInfo> = node
+        .placement
+        .live_rooms()
+        .iter()
+        .map(|r| r.info())
+        .collect();
     rooms.sort_by(|a, b| a.meeting_id.cmp(&b.meeting_id));
     Json(RoomsReport {
         node: node.id.to_string(),
         rooms,
     })
     .into_response()
-}
-
-/// A room's history from its previous owner.
-pub async fn handoff(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    Json(h): Json<Handoff>,
-) -> Response {
-    if let Some(refusal) = refusal(&node, &headers) {
-        return refusal;
-    }
-    let meeting = match MeetingId::parse(&h.meeting_id, "meeting_id") {
-        Ok(m) => m,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    };
-    let adopted = node.rooms.get_or_create(&meeting).adopt(&h);
-    let label = if adopted { "adopted" } else { "conflict" };
-    node.metrics
-        .handoffs
-        .with_label_values(&["received", label])
-        .inc();
-    tracing::info!(meeting = %meeting, seq = h.seq, events = h.events.len(), adopted, "history handoff received");
-    Json(json!({ "adopted": adopted })).into_response()
 }

@@ -1,6 +1,6 @@
 //! The node's HTTP surface, all on one listener.
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,10 +10,9 @@ use std::sync::Arc;
 
 use crate::node::Node;
 use crate::{control, publish, sse, ws};
-use roompin_shared::control::{HANDOFF_PATH, ROOMS_PATH, VIEW_PATH};
-
-/// Handoffs carry up to a room's whole history.
-const HANDOFF_LIMIT: usize = 256 * 1024 * 1024;
+use roompin_shared::control::{
+    ABORT_PATH, HANDOFF_PATH, PUBLISH_PATH, ROOMS_PATH, VIEW_PATH, WHERE_PATH,
+};
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -23,11 +22,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(VIEW_PATH, post(control::view))
+        .route(WHERE_PATH, post(control::where_is))
+        .route(HANDOFF_PATH, post(control::handoff))
+        .route(ABORT_PATH, post(control::abort))
+        .route(PUBLISH_PATH, post(control::publish))
         .route(ROOMS_PATH, get(control::rooms))
-        .route(
-            HANDOFF_PATH,
-            post(control::handoff).layer(DefaultBodyLimit::max(HANDOFF_LIMIT)),
-        )
         .fallback(not_found)
         .with_state(node)
 }

@@ -3,17 +3,23 @@
 //! and starts [`serve`]; keeping the logic here lets its decisions be tested
 //! in-process. See docs/ARCHITECTURE.md.
 
+pub mod claim;
 pub mod control;
 pub mod event;
+pub mod fence;
 pub mod history;
 pub mod http;
+pub mod lease;
 pub mod metrics;
+pub mod mover;
 pub mod node;
 pub mod ownership;
 pub mod params;
+pub mod peers;
+pub mod placement;
 pub mod publish;
+pub mod relay;
 pub mod room;
-pub mod rooms;
 pub mod shutdown;
 pub mod sse;
 pub mod writer;
@@ -30,19 +36,15 @@ use roompin_shared::config::NodeConfig;
 pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::register()?;
     let room_idle = Duration::from_millis(settings.room_idle_ms);
-    let node = node::Node::new(id, settings, metrics);
+    let (node, move_orders) = node::Node::new(id, listen, settings, metrics);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(node = %node.id, %listen, control = node.settings.control_token.is_some(), "roompin-node started");
 
-    let reaper = node.clone();
-    node.tasks.spawn(async move {
-        reaper
-            .rooms
-            .reap_idle(room_idle, reaper.shutdown.clone())
-            .await
-    });
+    node.tasks.spawn(reap(node.clone(), room_idle));
+    node.tasks.spawn(mover::run(node.clone(), move_orders));
+    node.tasks.spawn(fence::watch(node.clone()));
     node.tasks.spawn(shutdown::on_signals(node.clone()));
 
     let user_timeout = Duration::from_millis(node.settings.tcp_user_timeout_ms);
@@ -68,4 +70,18 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
     }
     tracing::info!(node = %node.id, "roompin-node stopped");
     Ok(())
+}
+
+/// Drops rooms that have been empty for `idle`, and expired tombstones and
+/// hints, until shutdown.
+async fn reap(node: std::sync::Arc<node::Node>, idle: Duration) {
+    let mut tick =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        node.placement.reap(idle, std::time::Instant::now());
+    }
 }

@@ -1,8 +1,8 @@
 //! The node's Prometheus metrics, registered once in the default registry.
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    Histogram, IntCounter, IntCounterVec, IntGauge,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// Cheap to clone: every field is an `Arc` inside.
@@ -18,7 +18,12 @@ pub struct Metrics {
     pub closes: IntCounterVec,
     pub rooms_moved: IntCounter,
     pub handoffs: IntCounterVec,
+    pub handoff_seconds: HistogramVec,
     pub misrouted: IntCounter,
+    pub claim_rounds: IntCounterVec,
+    pub admission_seconds: Histogram,
+    pub relayed: IntCounterVec,
+    pub fenced: IntGauge,
 }
 
 impl Metrics {
@@ -61,8 +66,33 @@ impl Metrics {
             )?,
             handoffs: register_int_counter_vec!(
                 "roompin_node_handoffs_total",
-                "Room history handoffs, by direction and result",
+                "Room handoffs by direction (sent, received) and result (adopted, duplicate, conflict, draining, fenced, aborted, invalid, unreachable, unknown, adopted_late)",
                 &["direction", "result"]
+            )?,
+            handoff_seconds: register_histogram_vec!(
+                "roompin_node_handoff_seconds",
+                "From closing a room for a move to knowing its handoff's outcome",
+                &["direction"],
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+            )?,
+            claim_rounds: register_int_counter_vec!(
+                "roompin_node_claim_rounds_total",
+                "Rounds of asking the peers where a meeting's room is, by outcome (create, relay, await_handoff, retry)",
+                &["outcome"]
+            )?,
+            admission_seconds: register_histogram!(
+                "roompin_node_admission_seconds",
+                "How long a member request waited for its meeting's room (claim round, move in flight)",
+                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0]
+            )?,
+            relayed: register_int_counter_vec!(
+                "roompin_node_relayed_total",
+                "Member requests forwarded to the node holding their meeting's room, by route",
+                &["route"]
+            )?,
+            fenced: register_int_gauge!(
+                "roompin_node_fenced",
+                "1 while the node has no fresh view of any balancer and serves no room"
             )?,
             misrouted: register_int_counter!(
                 "roompin_node_misrouted_total",

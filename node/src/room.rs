@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::event::{Event, Kick};
 use crate::history::Budget;
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 use roompin_shared::control::Handoff;
 use roompin_shared::protocol::{close, ServerEvent};
@@ -27,7 +28,8 @@ pub struct MemberHandle {
     pub kick: Arc<Kick>,
 }
 
-/// The room was closed (its meeting moved away); look it up again.
+/// The room is closed (its meeting is moving or moved away, or the node
+/// lost the control plane and fenced itself); look it up again.
 #[derive(Debug)]
 pub struct Closed;
 
@@ -47,12 +49,59 @@ pub struct Joined {
     pub replay: Vec<Arc<Event>>,
 }
 
+/// What every room of a node shares: where its events are counted and
+/// bounded, and the lease that lets it serve.
+#[derive(Clone)]
+pub struct RoomEnv {
+    pub node_id: Arc<str>,
+    pub history_events: usize,
+    pub budget: Arc<Budget>,
+    pub metrics: Metrics,
+    /// A room serves (joins, publishes) only while the node's lease holds:
+    /// checked on every operation, so that a process that was paused past
+    /// its lease cannot act on a room before its fence task runs.
+    pub lease: Arc<Lease>,
+}
+
+/// Which retained events a (re)joining member is sent before the live stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    Nothing,
+    /// Every retained event with a seq above this one.
+    After(u64),
+    /// Every retained event: the client's seqs count in another incarnation.
+    All,
+}
+
+/// The resume rules of docs/PROTOCOL.md ("Resuming"): what to replay, and
+/// `recovered` (absent when the client did not resume). `oldest` is the seq
+/// of the oldest retained event, if any.
+///
+/// - A resume from another incarnation (`since_room` differs) says nothing
+///   about this numbering: replay all, `recovered: false`.
+/// - Otherwise nothing was lost when `since` is not ahead of the room and
+///   the history reaches back to `since + 1` (or there is nothing after
+///   `since` to hold).
+pub fn resume_rule(
+    resume: Option<Resume<'_>>,
+    incarnation: &str,
+    seq: u64,
+    oldest: Option<u64>,
+) -> (Replay, Option<bool>) {
+    match resume {
+        None => (Replay::Nothing, None),
+        Some(r) if r.room.is_some_and(|room| room != incarnation) => (Replay::All, Some(false)),
+        Some(Resume { since, .. }) => {
+            let oldest = oldest.unwrap_or(seq + 1);
+            let recovered = since <= seq && oldest <= since + 1;
+            (Replay::After(since), Some(recovered))
+        }
+    }
+}
+
 pub struct Room {
     pub meeting_id: MeetingId,
-    node_id: Arc<str>,
-    history_events: usize,
-    budget: Arc<Budget>,
-    metrics: Metrics,
+    env: RoomEnv,
     state: Mutex<State>,
 }
 
@@ -68,22 +117,45 @@ struct State {
 }
 
 impl Room {
-    pub fn new(
-        meeting_id: MeetingId,
-        node_id: Arc<str>,
-        history_events: usize,
-        budget: Arc<Budget>,
-        metrics: Metrics,
-    ) -> Room {
+    /// A room that starts afresh: a new incarnation, seq 0, no history.
+    pub fn new(meeting_id: MeetingId, env: RoomEnv) -> Room {
+        let incarnation = Arc::from(format!("{:016x}", rand::random::<u64>()));
+        Room::with(meeting_id, env, incarnation, 0)
+    }
+
+    /// The room another node handed over: its incarnation, its seq and its
+    /// retained history, so that resuming clients see `recovered: true`.
+    /// Events that do not parse, or claim a seq past the handoff's, are
+    /// dropped (the sender's history is trusted no further than that).
+    pub fn from_handoff(meeting_id: MeetingId, env: RoomEnv, handoff: &Handoff) -> Room {
+        let room = Room::with(
+            meeting_id,
+            env,
+            Arc::from(handoff.room.as_str()),
+            handoff.seq,
+        );
+        {
+            let mut st = room.state.lock();
+            for json in &handoff.events {
+                let Ok(event) = serde_json::from_str::<ServerEvent>(json) else {
+                    continue;
+                };
+                let Some(seq) = event.seq().filter(|s| *s <= handoff.seq) else {
+                    continue;
+                };
+                room.remember(&mut st, Event::from_json(seq, event.kind(), json.clone()));
+            }
+        }
+        room
+    }
+
+    fn with(meeting_id: MeetingId, env: RoomEnv, incarnation: Arc<str>, seq: u64) -> Room {
         Room {
             meeting_id,
-            node_id,
-            history_events,
-            budget,
-            metrics,
+            env,
             state: Mutex::new(State {
-                incarnation: Arc::from(format!("{:016x}", rand::random::<u64>())),
-                seq: 0,
+                incarnation,
+                seq,
                 members: Vec::new(),
                 history: VecDeque::new(),
                 history_bytes: 0,
@@ -91,6 +163,16 @@ impl Room {
                 closed: false,
             }),
         }
+    }
+
+    /// Whether the room may serve now: not closed, and the lease holds.
+    fn serving(&self, st: &State) -> bool {
+        !st.closed && self.env.lease.holds(Instant::now())
+    }
+
+    /// The room's incarnation.
+    pub fn incarnation(&self) -> Arc<str> {
+        self.state.lock().incarnation.clone()
     }
 
     /// Adds a member. Its welcome carries the seq *before* its own join, and
@@ -108,29 +190,24 @@ impl Room {
         resume: Option<Resume<'_>>,
     ) -> Result<Joined, MemberHandle> {
         let mut st = self.state.lock();
-        if st.closed {
+        if !self.serving(&st) {
             return Err(member);
         }
-        let (replay, recovered) = match resume {
-            None => (Vec::new(), None),
-            Some(r) if r.room.is_some_and(|room| room != &*st.incarnation) => {
-                (st.history.iter().cloned().collect(), Some(false))
-            }
-            Some(Resume { since, .. }) => {
-                let oldest = st.history.front().map_or(st.seq + 1, |e| e.seq);
-                let recovered = since <= st.seq && oldest <= since + 1;
-                let replay = st
-                    .history
-                    .iter()
-                    .filter(|e| e.seq > since)
-                    .cloned()
-                    .collect();
-                (replay, Some(recovered))
-            }
+        let oldest = st.history.front().map(|e| e.seq);
+        let (replay, recovered) = resume_rule(resume, &st.incarnation, st.seq, oldest);
+        let replay = match replay {
+            Replay::Nothing => Vec::new(),
+            Replay::All => st.history.iter().cloned().collect(),
+            Replay::After(since) => st
+                .history
+                .iter()
+                .filter(|e| e.seq > since)
+                .cloned()
+                .collect(),
         };
         let welcome = Event::new(&ServerEvent::Welcome {
             meeting_id: self.meeting_id.to_string(),
-            node: self.node_id.to_string(),
+            node: self.env.node_id.to_string(),
             conn_id: member.conn_id.to_string(),
             room: st.incarnation.to_string(),
             seq: st.seq,
@@ -165,7 +242,7 @@ impl Room {
     /// counts in.
     pub fn publish(&self, from: &str, text: &str) -> Result<(u64, Arc<str>), Closed> {
         let mut st = self.state.lock();
-        if st.closed {
+        if !self.serving(&st) {
             return Err(Closed);
         }
         st.seq += 1;
@@ -180,17 +257,19 @@ impl Room {
         Ok((st.seq, st.incarnation.clone()))
     }
 
-    /// Closes the room for a move: no one can join or publish any more. The
-    /// caller sends the handoff to the new owner, then kicks the returned
-    /// members with 4001, so they reconnect only once their history is there.
-    /// `None` if the room was closed already (another push moved it).
-    pub fn close_for_move(&self) -> Option<(Handoff, Vec<MemberHandle>)> {
+    /// Closes the room for a move: from now on nobody joins or publishes
+    /// here (publishes wait for the move's outcome instead). The members
+    /// stay connected: once the new holder has adopted the returned handoff
+    /// they are sent on with [`Room::close_all`] (4001); if it refused, the room
+    /// [`Room::reopen`]s and they never notice. `None` if the room was
+    /// closed already.
+    pub fn close_for_move(&self) -> Option<Handoff> {
         let mut st = self.state.lock();
         if st.closed {
             return None;
         }
         st.closed = true;
-        let handoff = Handoff {
+        Some(Handoff {
             meeting_id: self.meeting_id.to_string(),
             room: st.incarnation.to_string(),
             seq: st.seq,
@@ -199,34 +278,12 @@ impl Room {
                 .iter()
                 .map(|e| e.json.as_str().to_owned())
                 .collect(),
-        };
-        let members = std::mem::take(&mut st.members);
-        self.release_history(&mut st);
-        Some((handoff, members))
+        })
     }
 
-    /// Takes over a moved room's seq and history, if this room has no events
-    /// of its own yet (else a client that raced ahead already started a new
-    /// numbering, which is kept). Returns whether it was adopted.
-    pub fn adopt(&self, handoff: &Handoff) -> bool {
-        let mut st = self.state.lock();
-        if st.closed || st.seq > 0 || handoff.seq == 0 {
-            return false;
-        }
-        st.seq = handoff.seq;
-        if !handoff.room.is_empty() {
-            st.incarnation = Arc::from(handoff.room.as_str());
-        }
-        for json in &handoff.events {
-            let Ok(event) = serde_json::from_str::<ServerEvent>(json) else {
-                continue;
-            };
-            let Some(seq) = event.seq().filter(|s| *s <= handoff.seq) else {
-                continue;
-            };
-            self.remember(&mut st, Event::from_json(seq, event.kind(), json.clone()));
-        }
-        true
+    /// Undoes [`Room::close_for_move`] after a refused handoff.
+    pub fn reopen(&self) {
+        self.state.lock().closed = false;
     }
 
     /// The room as `GET /control/rooms` reports it.
@@ -240,7 +297,8 @@ impl Room {
         }
     }
 
-    /// Closes the room and kicks everyone with `code` (node shutdown).
+    /// Closes the room for good, kicks everyone with `code`, and frees its
+    /// history: a move that landed (4001), node shutdown (1001), a fence.
     pub fn close_all(&self, code: u16) {
         let mut st = self.state.lock();
         st.closed = true;
@@ -273,7 +331,7 @@ impl Room {
         self.deliver(st, event, &mut gone);
         while let Some(m) = gone.pop_front() {
             m.kick.kick(close::SLOW_CONSUMER);
-            self.metrics.slow_consumers.inc();
+            self.env.metrics.slow_consumers.inc();
             let leave = self.leave_event(st, &m);
             self.deliver(st, &leave, &mut gone);
         }
@@ -291,7 +349,8 @@ impl Room {
                 slow.push(i);
             }
         }
-        self.metrics
+        self.env
+            .metrics
             .broadcast_seconds
             .observe(started.elapsed().as_secs_f64());
         // Last index first, so the indices still to remove stay valid.
@@ -324,21 +383,21 @@ impl Room {
     fn remember(&self, st: &mut State, event: Arc<Event>) {
         let cost = event.cost();
         while !st.history.is_empty()
-            && (st.history.len() >= self.history_events || !self.budget.fits(cost))
+            && (st.history.len() >= self.env.history_events || !self.env.budget.fits(cost))
         {
             if let Some(old) = st.history.pop_front() {
                 st.history_bytes -= old.cost();
-                self.budget.release(old.cost());
+                self.env.budget.release(old.cost());
             }
         }
-        if self.history_events > 0 && self.budget.take(cost) {
+        if self.env.history_events > 0 && self.env.budget.take(cost) {
             st.history_bytes += cost;
             st.history.push_back(event);
         }
     }
 
     fn release_history(&self, st: &mut State) {
-        self.budget.release(st.history_bytes);
+        self.env.budget.release(st.history_bytes);
         st.history_bytes = 0;
         st.history.clear();
     }
@@ -351,7 +410,7 @@ fn unix_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::OnceLock;
 
@@ -361,20 +420,104 @@ mod tests {
             .clone()
     }
 
+    pub(crate) fn env(history_bytes: usize) -> RoomEnv {
+        RoomEnv {
+            node_id: Arc::from("n"),
+            history_events: 10_000,
+            budget: Arc::new(Budget::new(history_bytes, metrics().history_bytes.clone())),
+            metrics: metrics(),
+            lease: Arc::new(Lease::forever()),
+        }
+    }
+
+    #[test]
+    fn resume_rules() {
+        let r = |since, room| Some(Resume { since, room });
+        #[rustfmt::skip]
+        type Case = (Option<Resume<'static>>, u64, Option<u64>, Replay, Option<bool>);
+        let cases: Vec<Case> = vec![
+            // resume, room seq, oldest retained, replay, recovered
+            (None, 10, Some(1), Replay::Nothing, None),
+            (r(10, None), 10, Some(1), Replay::After(10), Some(true)),
+            (r(4, Some("inc")), 10, Some(1), Replay::After(4), Some(true)),
+            (r(4, None), 10, Some(5), Replay::After(4), Some(true)),
+            (r(4, None), 10, Some(6), Replay::After(4), Some(false)),
+            (r(0, None), 0, None, Replay::After(0), Some(true)),
+            (r(10, None), 10, None, Replay::After(10), Some(true)),
+            (r(7, None), 10, None, Replay::After(7), Some(false)),
+            (r(11, None), 10, Some(1), Replay::After(11), Some(false)),
+            (r(3, Some("other")), 10, Some(1), Replay::All, Some(false)),
+        ];
+        for (resume, seq, oldest, replay, recovered) in cases {
+            assert_eq!(
+                resume_rule(resume, "inc", seq, oldest),
+                (replay, recovered),
+                "{resume:?} seq {seq} oldest {oldest:?}"
+            );
+        }
+    }
+
+    fn member(i: usize, queue: usize) -> (MemberHandle, Arc<Kick>, mpsc::Receiver<Arc<Event>>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let kick = Arc::new(Kick::default());
+        let m = MemberHandle {
+            conn_id: Arc::from(format!("c{i}").as_str()),
+            user: Arc::from("u"),
+            tx,
+            kick: kick.clone(),
+        };
+        (m, kick, rx)
+    }
+
+    fn meeting(id: &str) -> MeetingId {
+        MeetingId::parse(id, "meeting_id").expect("valid id")
+    }
+
+    /// A handed-over room continues its incarnation and seq, and a member
+    /// that resumes from before the move gets exactly what it missed.
+    #[test]
+    fn a_room_built_from_a_handoff_resumes_with_recovered_true() {
+        let old = Room::new(meeting("moving"), env(1 << 20));
+        let (m, _k, _rx) = member(0, 64);
+        assert!(old.join(m, None).is_ok());
+        for i in 0..5 {
+            assert!(old.publish("u", &format!("m{i}")).is_ok());
+        }
+        let handoff = old.close_for_move().expect("open room closes");
+        assert!(old.close_for_move().is_none(), "closing twice");
+        assert!(old.publish("u", "late").is_err(), "a closed room publishes");
+        let new = Room::from_handoff(meeting("moving"), env(1 << 20), &handoff);
+        assert_eq!(new.incarnation().as_ref(), handoff.room.as_str());
+        let (m, _k, _rx) = member(1, 64);
+        let resume = Resume {
+            since: 3,
+            room: Some(&handoff.room),
+        };
+        let joined = new.join(m, Some(resume)).ok().expect("joins");
+        let seqs: Vec<u64> = joined.replay.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![4, 5, 6]);
+        assert!(joined.welcome.json.as_str().contains("\"recovered\":true"));
+        old.reopen();
+        assert!(old.publish("u", "after a refused handoff").is_ok());
+    }
+
+    #[test]
+    fn a_room_whose_lease_lapsed_refuses_joins_and_publishes() {
+        let mut e = env(1 << 20);
+        e.lease = Arc::new(Lease::expired());
+        let room = Room::new(meeting("fenced"), e);
+        let (m, _k, _rx) = member(0, 8);
+        assert!(room.join(m, None).is_err());
+        assert!(room.publish("u", "x").is_err());
+    }
+
     /// Members that never read, with queues of 1 to 5 events: joins
     /// overflow several at once, and their leaves overflow others in turn.
     /// This used to panic (a nested drop invalidated the outer loop's
     /// indices).
     #[test]
     fn a_cascade_of_slow_consumers_neither_panics_nor_skips_a_seq() {
-        let budget = Arc::new(Budget::new(1 << 20, metrics().history_bytes.clone()));
-        let room = Room::new(
-            MeetingId::parse("cascade", "meeting_id").expect("valid id"),
-            Arc::from("n"),
-            10_000,
-            budget,
-            metrics(),
-        );
+        let room = Room::new(meeting("cascade"), env(1 << 20));
         let mut kicks = Vec::new();
         let mut receivers = Vec::new();
         for i in 0..200 {

@@ -25,10 +25,7 @@ pub async fn on_signals(node: Arc<Node>) {
         _ = node.shutdown.cancelled() => return,
     };
     tracing::info!(node = %node.id, code, "closing remaining clients");
-    for room in node.rooms.all() {
-        room.close_all(code);
-        node.rooms.remove(&room);
-    }
+    node.placement.close_all(code);
     node.shutdown.cancel();
 }
 
@@ -43,8 +40,11 @@ async fn drain(node: &Node) {
         tick.tick().await;
         // Without any balancer view (a standalone node) there is nobody to
         // wait for: done once the clients are gone.
+        let now = std::time::Instant::now();
+        let views = node.ownership.snapshot();
         if node.metrics.connections.get() == 0
-            && (node.ownership.routed_away() || !node.ownership.has_views())
+            && !node.placement.holds_rooms()
+            && (views.routed_away(now) || !views.has_fresh(now))
         {
             tracing::info!(node = %node.id, "drained: no clients, and no balancer routes here");
             return;

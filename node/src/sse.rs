@@ -17,8 +17,10 @@ use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 use crate::event::{Event, Kick};
-use crate::node::Node;
+use crate::node::{unavailable, Admitted, Node};
 use crate::params::JoinParams;
+use crate::placement::MOVING;
+use crate::relay;
 use crate::room::{MemberHandle, Room};
 use crate::writer::OpenConnection;
 use roompin_shared::protocol::{close, ServerEvent};
@@ -44,9 +46,11 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
             }
         }
     }
-    if let Some(refusal) = node.misrouted(&params.meeting_id, req.headers()) {
-        return refusal;
-    }
+    let room = match node.admit(&params.meeting_id, req.headers()).await {
+        Admitted::Here(room) => room,
+        Admitted::Relay(holder) => return relay::sse(&node, &holder, req).await,
+        Admitted::Refused(refusal) => return refusal,
+    };
 
     let conn_id = node.next_conn_id();
     let user: Arc<str> = Arc::from(params.user.as_deref().unwrap_or(&conn_id));
@@ -58,7 +62,9 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
         tx,
         kick: kick.clone(),
     };
-    let (room, joined) = node.rooms.join(&params.meeting_id, member, params.resume());
+    let Ok((room, joined)) = node.join(room, member, params.resume()) else {
+        return unavailable(MOVING);
+    };
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, since = ?params.since, "sse joined");
 
     let mut pending: VecDeque<Bytes> = VecDeque::new();

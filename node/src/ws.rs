@@ -16,13 +16,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{Event, Kick};
-use crate::node::Node;
+use crate::node::{Admitted, Node};
 use crate::params::JoinParams;
+use crate::relay;
 use crate::room::{MemberHandle, Room};
 use crate::writer::{self, unix_ms};
 use roompin_shared::protocol::{close, error_code, ClientFrame, ServerEvent};
@@ -50,14 +52,16 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             return resp;
         }
     };
-    if let Some(refusal) = node.misrouted(&params.meeting_id, req.headers()) {
-        return refusal;
-    }
+    let room = match node.admit(&params.meeting_id, req.headers()).await {
+        Admitted::Here(room) => room,
+        Admitted::Relay(holder) => return relay::websocket(&node, &holder, req).await,
+        Admitted::Refused(refusal) => return refusal,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_node = node.clone();
     node.tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run(session_node, params, TokioIo::new(upgraded)).await,
+            Ok(upgraded) => run(session_node, params, room, TokioIo::new(upgraded)).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -97,7 +101,7 @@ fn websocket_key(req: &Request) -> Result<String, &'static str> {
         .ok_or("missing Sec-WebSocket-Key\n")
 }
 
-async fn run<S>(node: Arc<Node>, params: JoinParams, io: S)
+async fn run<S>(node: Arc<Node>, params: JoinParams, room: Arc<Room>, io: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -107,8 +111,7 @@ where
         .write_buffer_size(s.ws_write_buffer)
         .max_message_size(Some(s.max_message_bytes))
         .max_frame_size(Some(s.max_message_bytes));
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let (sink, mut stream) = ws.split();
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
 
     let conn_id = node.next_conn_id();
     let user: Arc<str> = Arc::from(params.user.as_deref().unwrap_or(&conn_id));
@@ -120,7 +123,20 @@ where
         tx: tx.clone(),
         kick: kick.clone(),
     };
-    let (room, joined) = node.rooms.join(&params.meeting_id, member, params.resume());
+    let (room, joined) = match node.join(room, member, params.resume()) {
+        Ok(joined) => joined,
+        Err(_) => {
+            // The room moved between admission and the upgrade: send the
+            // client on at once, as its members were.
+            let frame = CloseFrame {
+                code: CloseCode::from(close::ROOM_MOVED),
+                reason: close::ROOM_MOVED_REASON.into(),
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
+            return;
+        }
+    };
+    let (sink, mut stream) = ws.split();
     let _open = writer::OpenConnection::new(&node.metrics);
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, since = ?params.since, "websocket joined");
 
@@ -199,16 +215,17 @@ where
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, close = ?code, "websocket closed");
 }
 
-fn on_text(node: &Node, room: &Room, user: &str, tx: &mpsc::Sender<Arc<Event>>, text: &str) {
+fn on_text(node: &Arc<Node>, room: &Room, user: &str, tx: &mpsc::Sender<Arc<Event>>, text: &str) {
     match ClientFrame::parse(text) {
-        Ok(ClientFrame::Message { text }) => match room.publish(user, &text) {
-            Ok(_) => node.metrics.events_received.inc(),
-            Err(_) => reply_error(
-                tx,
-                error_code::ROOM_MOVED,
-                "not delivered: the room is moving; resend after reconnecting",
-            ),
-        },
+        Ok(ClientFrame::Message { text }) => {
+            if !crate::publish::from_member(node, room, user, &text) {
+                reply_error(
+                    tx,
+                    error_code::ROOM_MOVED,
+                    "not delivered: the room is moving; resend after reconnecting",
+                );
+            }
+        }
         Err(e) => reply_error(tx, e.code, e.message),
     }
 }

@@ -184,7 +184,11 @@ async fn sse_resumes_with_last_event_id_like_since() {
         .expect("POST /messages");
     assert_eq!(resp.status().as_u16(), 202);
     let accepted: Value = resp.json().await.expect("202 body");
-    assert_eq!(accepted, json!({"seq": 7}));
+    assert_eq!(accepted["seq"], json!(7));
+    assert_eq!(
+        accepted["room"], sse.welcome["room"],
+        "the 202 names the incarnation"
+    );
     let e = sse.recv().await.expect("message");
     assert_eq!(
         (e.id, &e.data["from"], &e.data["text"]),
