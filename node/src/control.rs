@@ -185,26 +185,20 @@ pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bo
         Ok(v) => v,
         Err(r) => return r,
     };
-    let results = batch
-        .publishes
-        .iter()
-        .map(|p| {
-            let room = MeetingId::parse(&p.meeting_id, "meeting_id")
-                .ok()
-                .filter(|_| check_user(&p.user).is_ok())
-                .and_then(|m| node.placement.live(&m));
-            match room.map(|r| r.publish(&p.user, &p.text)) {
-                Some(Ok((seq, room))) => {
-                    node.metrics.events_received.inc();
-                    Published::Ok {
-                        seq,
-                        room: room.to_string(),
-                    }
-                }
-                _ => Published::NotHere,
-            }
-        })
-        .collect();
+    let mut results = Vec::with_capacity(batch.publishes.len());
+    for p in &batch.publishes {
+        let meeting = MeetingId::parse(&p.meeting_id, "meeting_id")
+            .ok()
+            .filter(|_| check_user(&p.user).is_ok());
+        let outcome = match meeting {
+            Some(m) => crate::publish::deliver(&node, &m, &p.user, &p.text, batch.hops).await,
+            None => None,
+        };
+        results.push(match outcome {
+            Some((seq, room)) => Published::Ok { seq, room },
+            None => Published::NotHere,
+        });
+    }
     Json(PublishReply { results }).into_response()
 }
 

@@ -142,7 +142,7 @@ async fn finish(node: &Arc<Node>, order: &MoveOrder, result: MoveResult, label: 
             tracing::warn!(meeting = %meeting, from = %node.id, to = %order.to.id, "handoff unsettled and its receiver gone; the room closes")
         }
     }
-    let effects = node.placement.finish_move(meeting, result, now);
+    let effects = node.placement.finish_move(meeting, order.id, result, now);
     if let Some(room) = effects.kick {
         room.close_all(close::ROOM_MOVED);
     }
@@ -158,7 +158,7 @@ async fn finish(node: &Arc<Node>, order: &MoveOrder, result: MoveResult, label: 
             text: q.text.clone(),
         })
         .collect();
-    let results = node.peers.forward(&order.to, publishes).await;
+    let results = node.peers.forward(&order.to, publishes, 0).await;
     let results = match results {
         Ok(r) => r,
         Err(e) => {

@@ -245,11 +245,13 @@ impl Peers {
         &self,
         peer: &NodeRef,
         publishes: Vec<ForwardedPublish>,
+        hops: u8,
     ) -> Result<Vec<Published>, PeerError> {
         let n = publishes.len();
         let batch = PublishBatch {
             from: self.me.clone(),
             publishes,
+            hops,
         };
         let reply: PublishReply = self
             .post(&peer.addr, PUBLISH_PATH, &batch, Duration::from_secs(2))

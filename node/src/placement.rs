@@ -75,6 +75,8 @@ pub enum Slot {
         yielded: bool,
     },
     Moving {
+        /// Which move this is: an answer to an older one is not this one's.
+        id: u64,
         to: NodeRef,
         room: Arc<Room>,
         queued: Vec<Queued>,
@@ -218,6 +220,7 @@ pub fn admission_rule(has: Has, ask: Ask, misrouted: impl FnOnce() -> bool) -> R
 
 /// A room closed for a move, for the mover to send.
 pub struct MoveOrder {
+    pub id: u64,
     pub meeting: MeetingId,
     pub to: NodeRef,
     pub handoff: Handoff,
@@ -456,10 +459,12 @@ impl Placement {
         };
         let room = room.clone();
         let handoff = room.close_for_move()?;
+        let id = self.rounds.fetch_add(1, Ordering::Relaxed);
         self.set(
             map,
             meeting,
             Slot::Moving {
+                id,
                 to: to.clone(),
                 room,
                 queued: Vec::new(),
@@ -467,6 +472,7 @@ impl Placement {
             },
         );
         Some(MoveOrder {
+            id,
             meeting: meeting.clone(),
             to,
             handoff,
@@ -474,10 +480,12 @@ impl Placement {
         })
     }
 
-    /// Applies how a handoff ended.
+    /// Applies how move `id` of `meeting` ended (nothing, if the slot has
+    /// moved on since: the room came back, or another move started).
     pub fn finish_move(
         &self,
         meeting: &MeetingId,
+        id: u64,
         result: MoveResult,
         now: Instant,
     ) -> MoveEffects {
@@ -489,9 +497,9 @@ impl Placement {
         let Some(entry) = map.get_mut(meeting) else {
             return none;
         };
-        let Slot::Moving { .. } = entry.slot else {
+        if !matches!(entry.slot, Slot::Moving { id: current, .. } if current == id) {
             return none;
-        };
+        }
         let placeholder = Slot::Acquiring {
             round: 0,
             yielded: false,
@@ -614,7 +622,47 @@ impl Placement {
                     refused(Refusal::Conflict)
                 }
             }
-            Some(Slot::Moving { .. }) => refused(Refusal::Conflict),
+            Some(Slot::Moving { room, .. }) if *room.incarnation() != *handoff.room => {
+                refused(Refusal::Conflict)
+            }
+            // Our own room, handed on and back before our handoff's answer
+            // came: that handoff landed, and the room returns with what was
+            // added there. Adopt it; its members here reconnect to it, and
+            // what was queued here goes into it.
+            Some(Slot::Moving { .. }) => {
+                let room = Arc::new(Room::from_handoff(
+                    meeting.clone(),
+                    self.env.clone(),
+                    handoff,
+                ));
+                let live = Slot::Live {
+                    room: room.clone(),
+                    no_move_before: None,
+                };
+                let old = map.get_mut(&meeting).map(|e| {
+                    std::mem::replace(
+                        &mut e.slot,
+                        Slot::Elsewhere {
+                            holder: self.me.clone(),
+                            until: Instant::now(),
+                        },
+                    )
+                });
+                self.set(&mut map, &meeting, live);
+                if let Some(Slot::Moving {
+                    room: closed,
+                    queued,
+                    ..
+                }) = old
+                {
+                    closed.close_all(MOVED);
+                    for q in queued {
+                        let outcome = room.publish(&q.user, &q.text).ok();
+                        q.resolve(outcome.map(|(seq, r)| (seq, r.to_string())));
+                    }
+                }
+                HandoffOutcome::Adopted
+            }
             _ => {
                 let room = Arc::new(Room::from_handoff(
                     meeting.clone(),
@@ -760,13 +808,14 @@ impl Placement {
         closed
     }
 
-    /// Every live room.
+    /// Every live room that serves now (a room whose lease lapsed is not
+    /// live, though the fence has not closed it yet).
     pub fn live_rooms(&self) -> Vec<Arc<Room>> {
         self.map
             .lock()
             .values()
             .filter_map(|e| match &e.slot {
-                Slot::Live { room, .. } => Some(room.clone()),
+                Slot::Live { room, .. } if room.is_serving() => Some(room.clone()),
                 _ => None,
             })
             .collect()
@@ -1113,7 +1162,13 @@ mod tests {
         ));
         let (h, _) = p.answer_where(&m, &node("c"), &without_a, now);
         assert_eq!(h, Holding::Moving { to: node(asker) });
-        let fx = p.finish_move(&m, MoveResult::Landed, now);
+        assert!(
+            p.finish_move(&m, order.id + 1, MoveResult::Landed, now)
+                .kick
+                .is_none(),
+            "another move's answer"
+        );
+        let fx = p.finish_move(&m, order.id, MoveResult::Landed, now);
         assert!(fx.kick.is_some());
         assert_eq!(fx.forward.len(), 1, "the queued publish goes on");
         let (h, _) = p.answer_where(&m, &node("c"), &without_a, now);
@@ -1147,7 +1202,7 @@ mod tests {
         let PublishRoute::Queued(Some(mut rx)) = p.route_publish(&m, "u", "queued", true) else {
             panic!("queued");
         };
-        let fx = p.finish_move(&m, MoveResult::Reopen, now);
+        let fx = p.finish_move(&m, orders[0].id, MoveResult::Reopen, now);
         assert!(fx.kick.is_none());
         let published = rx
             .try_recv()
@@ -1162,6 +1217,52 @@ mod tests {
         assert_eq!(
             p.start_moves(&views("a", &["b", "c"], later), later).len(),
             1
+        );
+    }
+
+    /// A room handed on and straight back, before the answer to its first
+    /// handoff came, is adopted (it landed), not refused as a conflict.
+    #[test]
+    fn a_room_that_comes_back_before_its_handoff_answer_is_adopted() {
+        let now = Instant::now();
+        let p = placement("a");
+        let all = views("a", &["a", "b", "c"], now);
+        let m = meeting_of_a(&all, now);
+        let room = live_room(&p, &m, now);
+        let orders = p.start_moves(&views("a", &["b", "c"], now), now);
+        let order = &orders[0];
+        let PublishRoute::Queued(Some(mut rx)) = p.route_publish(&m, "u", "queued", true) else {
+            panic!("queued");
+        };
+        // The receiver added an event, then handed it back.
+        let there = Room::from_handoff(m.clone(), env(1 << 20), &order.handoff);
+        assert!(there.publish("v", "at b").is_ok());
+        let back = there.close_for_move().expect("closes");
+        assert_eq!(p.adopt(&back, ask()), HandoffOutcome::Adopted);
+        let live = p.live(&m).expect("live again");
+        assert!(!Arc::ptr_eq(&live, &room));
+        assert_eq!(
+            rx.try_recv().ok().flatten().map(|(seq, _)| seq),
+            Some(back.seq + 1)
+        );
+        // The late answer to the first handoff changes nothing.
+        assert!(p
+            .finish_move(&m, order.id, MoveResult::Landed, now)
+            .kick
+            .is_none());
+        assert!(p.live(&m).is_some());
+        // Another incarnation arriving while moving is a conflict.
+        let q = placement("a");
+        live_room(&q, &m, now);
+        q.start_moves(&views("a", &["b", "c"], now), now);
+        let other = Room::new(m.clone(), env(1 << 20))
+            .close_for_move()
+            .expect("closes");
+        assert_eq!(
+            q.adopt(&other, ask()),
+            HandoffOutcome::Refused {
+                reason: Refusal::Conflict
+            }
         );
     }
 
@@ -1202,7 +1303,7 @@ mod tests {
         live_room(&p, &other, now);
         let orders = p.start_moves(&views("a", &["b", "c"], now), now);
         for o in &orders {
-            p.finish_move(&o.meeting, MoveResult::Landed, now);
+            p.finish_move(&o.meeting, o.id, MoveResult::Landed, now);
         }
         assert!(p.holds_rooms() == (orders.len() < 2));
         p.close_all(close::GOING_AWAY);

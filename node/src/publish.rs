@@ -16,7 +16,7 @@ use crate::params::{validate_user, JoinParams};
 use crate::placement::{PublishRoute, MOVING};
 use crate::relay;
 use crate::room::Room;
-use roompin_shared::control::ForwardedPublish;
+use roompin_shared::control::{ForwardedPublish, Published};
 use roompin_shared::protocol::{PublishAccepted, PublishRequest};
 use roompin_shared::MeetingId;
 
@@ -52,7 +52,6 @@ pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
         .unwrap_or_else(|| "http".to_owned());
     match into_room(&node, &room, &from, &request.text).await {
         Some((seq, room)) => {
-            node.metrics.events_received.inc();
             (StatusCode::ACCEPTED, Json(PublishAccepted { seq, room })).into_response()
         }
         None => unavailable(MOVING),
@@ -65,12 +64,27 @@ async fn into_room(node: &Arc<Node>, room: &Room, from: &str, text: &str) -> Opt
     if let Ok((seq, inc)) = room.publish(from, text) {
         return Some((seq, inc.to_string()));
     }
-    match node
-        .placement
-        .route_publish(&room.meeting_id, from, text, true)
-    {
-        PublishRoute::Here(now_live) => now_live
-            .publish(from, text)
+    deliver(node, &room.meeting_id, from, text, 0).await
+}
+
+/// Forwards along tombstones at most this many times.
+const MAX_HOPS: u8 = 3;
+
+/// Delivers a publish to wherever the meeting's room is, as far as this
+/// node can tell: into its live room here; queued with the room while it is
+/// in transit, until the new holder has it; or on to the node it was handed
+/// to. `None` when it did not land (the sender must be told it was not
+/// delivered, never that it was).
+pub async fn deliver(
+    node: &Arc<Node>,
+    meeting: &MeetingId,
+    user: &str,
+    text: &str,
+    hops: u8,
+) -> Option<(u64, String)> {
+    match node.placement.route_publish(meeting, user, text, true) {
+        PublishRoute::Here(room) => room
+            .publish(user, text)
             .ok()
             .map(|(seq, inc)| (seq, inc.to_string())),
         PublishRoute::Queued(Some(outcome)) => tokio::time::timeout(MOVE_WAIT, outcome)
@@ -78,52 +92,31 @@ async fn into_room(node: &Arc<Node>, room: &Room, from: &str, text: &str) -> Opt
             .ok()
             .and_then(Result::ok)
             .flatten(),
-        PublishRoute::Queued(None) | PublishRoute::NotHere => None,
-        PublishRoute::Moved(to) => {
-            let one = vec![forwarded(&room.meeting_id, from, text)];
-            match node.peers.forward(&to, one).await {
+        PublishRoute::Moved(to) if hops < MAX_HOPS => {
+            let one = vec![forwarded(meeting, user, text)];
+            match node.peers.forward(&to, one, hops + 1).await {
                 Ok(results) => match results.into_iter().next() {
-                    Some(roompin_shared::control::Published::Ok { seq, room }) => Some((seq, room)),
+                    Some(Published::Ok { seq, room }) => Some((seq, room)),
                     _ => None,
                 },
-                Err(_) => None,
+                Err(e) => {
+                    tracing::debug!(meeting = %meeting, to = %to.id, error = %e, "could not pass a publish on");
+                    None
+                }
             }
         }
+        PublishRoute::Queued(None) | PublishRoute::Moved(_) | PublishRoute::NotHere => None,
     }
 }
 
 /// A WebSocket member's message: into its room, or, if the room is in
-/// transit or just moved, on to the room's next holder. False when it
-/// could not be accepted at all (the client gets a `room_moved` error).
-pub fn from_member(node: &Arc<Node>, room: &Room, user: &str, text: &str) -> bool {
-    if room.publish(user, text).is_ok() {
-        node.metrics.events_received.inc();
-        return true;
-    }
-    match node
-        .placement
-        .route_publish(&room.meeting_id, user, text, false)
-    {
-        PublishRoute::Here(now_live) => {
-            let ok = now_live.publish(user, text).is_ok();
-            if ok {
-                node.metrics.events_received.inc();
-            }
-            ok
-        }
-        PublishRoute::Queued(_) => true,
-        PublishRoute::Moved(to) => {
-            let one = vec![forwarded(&room.meeting_id, user, text)];
-            let n = node.clone();
-            node.tasks.spawn(async move {
-                if let Err(e) = n.peers.forward(&to, one).await {
-                    tracing::warn!(to = %to.id, error = %e, "could not pass on a message sent during a move");
-                }
-            });
-            true
-        }
-        PublishRoute::NotHere => false,
-    }
+/// transit or just moved, to wherever it is. False when it did not land
+/// (the client gets a `room_moved` error and resends after reconnecting).
+pub async fn from_member(node: &Arc<Node>, room: &Room, user: &str, text: &str) -> bool {
+    room.publish(user, text).is_ok()
+        || deliver(node, &room.meeting_id, user, text, 0)
+            .await
+            .is_some()
 }
 
 fn forwarded(meeting: &MeetingId, user: &str, text: &str) -> ForwardedPublish {

@@ -246,15 +246,24 @@ impl Room {
             return Err(Closed);
         }
         st.seq += 1;
+        let seq = st.seq;
         let event = ServerEvent::Message {
             meeting_id: self.meeting_id.to_string(),
-            seq: st.seq,
+            seq,
             from: from.to_owned(),
             text: text.to_owned(),
             ts: unix_ms(),
         };
+        // The broadcast may drop slow consumers, whose leaves take the next
+        // seqs: the message's own seq is the one taken above.
         self.broadcast(&mut st, &event);
-        Ok((st.seq, st.incarnation.clone()))
+        self.env.metrics.events_received.inc();
+        Ok((seq, st.incarnation.clone()))
+    }
+
+    /// Whether the room serves now (open, and the node's lease holds).
+    pub fn is_serving(&self) -> bool {
+        self.serving(&self.state.lock())
     }
 
     /// Closes the room for a move: from now on nobody joins or publishes
@@ -499,6 +508,28 @@ pub(crate) mod tests {
         assert!(joined.welcome.json.as_str().contains("\"recovered\":true"));
         old.reopen();
         assert!(old.publish("u", "after a refused handoff").is_ok());
+    }
+
+    /// A message that overflows slow members takes its seq before their
+    /// leaves take theirs: the seq a publisher is told is the message's.
+    #[test]
+    fn a_publish_answers_its_own_seq_when_it_drops_slow_members() {
+        let room = Room::new(meeting("slow"), env(1 << 20));
+        let (fast, _k, mut fast_rx) = member(0, 64);
+        let (slow, slow_kick, _slow_rx) = member(1, 2);
+        assert!(room.join(fast, None).is_ok());
+        assert!(room.join(slow, None).is_ok());
+        // The slow member's queue holds its own join and one more.
+        let (seq, _) = room.publish("u", "one").expect("publishes");
+        let (seq2, _) = room.publish("u", "two").expect("publishes");
+        assert!(slow_kick.code().is_some(), "the slow member was dropped");
+        let mut message_seqs = Vec::new();
+        while let Ok(e) = fast_rx.try_recv() {
+            if e.kind == "message" {
+                message_seqs.push(e.seq);
+            }
+        }
+        assert_eq!(message_seqs, vec![seq, seq2]);
     }
 
     #[test]

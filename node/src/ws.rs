@@ -168,7 +168,7 @@ where
         last_seen.store(unix_ms(), Ordering::Relaxed);
         match frame {
             Some(Ok(Message::Text(text))) => {
-                on_text(&node, &room, &user, &tx, text.as_str());
+                on_text(&node, &room, &user, &tx, text.as_str()).await;
                 // A burst of frames sits whole in the read buffer, and
                 // publishing it without yielding starves the room's writers:
                 // every member's queue would overflow (4002) though all of
@@ -215,10 +215,16 @@ where
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, close = ?code, "websocket closed");
 }
 
-fn on_text(node: &Arc<Node>, room: &Room, user: &str, tx: &mpsc::Sender<Arc<Event>>, text: &str) {
+async fn on_text(
+    node: &Arc<Node>,
+    room: &Room,
+    user: &str,
+    tx: &mpsc::Sender<Arc<Event>>,
+    text: &str,
+) {
     match ClientFrame::parse(text) {
         Ok(ClientFrame::Message { text }) => {
-            if !crate::publish::from_member(node, room, user, &text) {
+            if !crate::publish::from_member(node, room, user, &text).await {
                 reply_error(
                     tx,
                     error_code::ROOM_MOVED,

@@ -263,6 +263,10 @@ pub struct AbortReply {
 pub struct PublishBatch {
     pub from: NodeRef,
     pub publishes: Vec<ForwardedPublish>,
+    /// Nodes it passed through already: a node that handed the room on
+    /// forwards it once more, along its tombstone, up to a limit.
+    #[serde(default)]
+    pub hops: u8,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
