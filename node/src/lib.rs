@@ -10,6 +10,7 @@ pub mod fence;
 pub mod history;
 pub mod http;
 pub mod lease;
+pub mod liveness;
 pub mod metrics;
 pub mod mover;
 pub mod node;

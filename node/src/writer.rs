@@ -7,9 +7,8 @@
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use prometheus::IntGauge;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -17,6 +16,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{Event, Kick};
+use crate::liveness::{verdict, Liveness, Verdict};
 use crate::metrics::Metrics;
 use crate::room::Joined;
 use roompin_shared::protocol::close;
@@ -45,19 +45,13 @@ impl Drop for OpenConnection {
     }
 }
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Returns the close code sent, or `None` when the peer vanished first.
 pub async fn run<S>(
     mut sink: Sink<S>,
     mut rx: mpsc::Receiver<Arc<Event>>,
     joined: Joined,
     kick: Arc<Kick>,
-    last_seen: Arc<AtomicU64>,
+    liveness: Arc<Liveness>,
     ping_interval: Duration,
     metrics: Metrics,
 ) -> Option<u16>
@@ -80,6 +74,8 @@ where
     let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    // When the ping still waiting for an answer went out (`Liveness::now_ms`).
+    let mut pinged: Option<u64> = None;
     loop {
         tokio::select! {
             biased;
@@ -92,16 +88,20 @@ where
                 }
             }
             _ = ping.tick() => {
-                let quiet = unix_ms().saturating_sub(last_seen.load(Ordering::Relaxed));
-                if quiet > 2 * ping_interval.as_millis() as u64 {
-                    kick.kick(close::PING_TIMEOUT);
-                    break;
-                }
-                if quiet >= ping_interval.as_millis() as u64
-                    && sink.send(Message::Ping(Bytes::new())).await.is_err()
-                {
-                    kick.kick(close::NORMAL);
-                    return vanished(&metrics);
+                let unanswered = pinged.is_some_and(|at| !liveness.heard_since(at));
+                match verdict(liveness.quiet(), ping_interval, unanswered) {
+                    Verdict::Alive => pinged = None,
+                    Verdict::Ping => {
+                        pinged = Some(liveness.now_ms());
+                        if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                            kick.kick(close::NORMAL);
+                            return vanished(&metrics);
+                        }
+                    }
+                    Verdict::Dead => {
+                        kick.kick(close::PING_TIMEOUT);
+                        break;
+                    }
                 }
             }
         }

@@ -10,7 +10,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -22,11 +21,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{Event, Kick};
+use crate::liveness::Liveness;
 use crate::node::{Admitted, Node};
 use crate::params::JoinParams;
 use crate::relay;
 use crate::room::{MemberHandle, Room};
-use crate::writer::{self, unix_ms};
+use crate::writer;
 use roompin_shared::protocol::{close, error_code, ClientFrame, ServerEvent};
 
 /// How long a kicked client has to answer our close frame.
@@ -140,13 +140,13 @@ where
     let _open = writer::OpenConnection::new(&node.metrics);
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, since = ?params.since, "websocket joined");
 
-    let last_seen = Arc::new(AtomicU64::new(unix_ms()));
+    let liveness = Arc::new(Liveness::new());
     let writer = tokio::spawn(writer::run(
         sink,
         rx,
         joined,
         kick.clone(),
-        last_seen.clone(),
+        liveness.clone(),
         Duration::from_millis(s.ping_interval_ms),
         node.metrics.clone(),
     ));
@@ -165,7 +165,7 @@ where
             frame = stream.next() => frame,
             _ = &mut grace => break,
         };
-        last_seen.store(unix_ms(), Ordering::Relaxed);
+        liveness.seen();
         match frame {
             Some(Ok(Message::Text(text))) => {
                 on_text(&node, &room, &user, &tx, text.as_str());
