@@ -5,6 +5,7 @@
 
 pub mod claim;
 pub mod control;
+pub mod edge;
 pub mod event;
 pub mod fence;
 pub mod history;
@@ -70,7 +71,7 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
         shutdown::on_signals(node.clone()),
     );
 
-    let app = http::router(node.clone());
+    let app = http::router(node.clone()).layer(axum::middleware::from_fn(edge::rules));
     accept(&node, listener, app).await;
 
     node.tasks.close();

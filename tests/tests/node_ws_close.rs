@@ -1,7 +1,9 @@
 //! RFC 6455 at the node's edge, with a raw client: this file writes the
 //! frames itself over a `TcpStream`, so it controls masking, opcodes and
-//! payloads that a WebSocket library would refuse to send. Every test talks
-//! to a node directly (docs/PROTOCOL.md, "WebSocket close codes").
+//! payloads that a WebSocket library would refuse to send. Then the odd
+//! HTTP requests, written byte by byte too. Every test talks to a node
+//! directly (docs/PROTOCOL.md, "WebSocket close codes" and "HTTP
+//! statuses").
 
 use roompin_shared::protocol::close;
 use roompin_tests::{eventually, get, metric, NodeProc, PATIENCE};
@@ -356,4 +358,83 @@ async fn a_bad_websocket_key_gets_400() {
     );
     let (resp, _) = Raw::request(node.addr, &head).await;
     assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
+}
+
+/// The odd requests get what the balancer gives them too: an absolute-form
+/// target is routed by its path; no `Host`, or two, get 400; a body with
+/// broken chunked framing gets 400 (not 413).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_requests_get_the_statuses_the_balancer_gives() {
+    let node = NodeProc::with_toml("odd", "").await;
+    let addr = node.addr;
+
+    // Absolute-form, for a plain route and for an upgrade.
+    let (resp, _) = Raw::request(
+        addr,
+        &format!("GET http://{addr}/healthz HTTP/1.1\r\nHost: {addr}"),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let head = upgrade_head(
+        addr,
+        &format!("http://{addr}/websocket?meeting_id=odd"),
+        KEY,
+    );
+    let (resp, mut raw) = Raw::request(addr, &head).await;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    let welcome = raw.frame().await.expect("welcome");
+    assert!(String::from_utf8_lossy(&welcome.payload).contains("\"meeting_id\":\"odd\""));
+
+    let publish = "POST /messages?meeting_id=odd HTTP/1.1\r\nConnection: close";
+    let json = "{\"text\":\"hi\"}";
+    let chunked = "Transfer-Encoding: chunked";
+    let cases = [
+        (
+            "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
+            400,
+            "missing Host header",
+        ),
+        (
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nHost: other\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            "more than one Host header",
+        ),
+        (
+            format!("{publish}\r\nContent-Length: {}\r\n\r\n{json}", json.len()),
+            400,
+            "missing Host header",
+        ),
+        // A chunk size that is not hex.
+        (
+            format!("{publish}\r\nHost: {addr}\r\n{chunked}\r\n\r\nzz\r\n{json}\r\n0\r\n\r\n"),
+            400,
+            "malformed request body",
+        ),
+        // A chunk longer than its size.
+        (
+            format!("{publish}\r\nHost: {addr}\r\n{chunked}\r\n\r\n3\r\n{json}\r\n0\r\n\r\n"),
+            400,
+            "malformed request body",
+        ),
+        // Well-formed chunks are fine.
+        (
+            format!(
+                "{publish}\r\nHost: {addr}\r\n{chunked}\r\n\r\n{:x}\r\n{json}\r\n0\r\n\r\n",
+                json.len()
+            ),
+            202,
+            "\"seq\"",
+        ),
+    ];
+    for (head, status, says) in cases {
+        let (resp, mut raw) = Raw::send_request(addr, &head).await;
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {resp}"
+        );
+        let body = raw.body(&resp).await;
+        assert!(body.contains(says), "{head:?}: {body}");
+    }
 }
