@@ -5,11 +5,13 @@
 
 pub mod claim;
 pub mod control;
+pub mod edge;
 pub mod event;
 pub mod fence;
 pub mod history;
 pub mod http;
 pub mod lease;
+pub mod liveness;
 pub mod metrics;
 pub mod mover;
 pub mod node;
@@ -22,51 +24,65 @@ pub mod relay;
 pub mod room;
 pub mod shutdown;
 pub mod sse;
+pub mod tasks;
 pub mod writer;
 pub mod ws;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 
 use roompin_shared::config::NodeConfig;
+
+/// How long a stopping node waits for its sessions to end. Each session
+/// bounds its own closing handshake well below this (`ws.rs`).
+const STOP_CAP: Duration = Duration::from_secs(5);
 
 /// Runs a node until it is stopped (SIGTERM drains, SIGINT stops at once).
 pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::register()?;
+    for task in tasks::ALL {
+        metrics.task_panics.with_label_values(&[task]);
+    }
     let room_idle = Duration::from_millis(settings.room_idle_ms);
     let (node, move_orders) = node::Node::new(id, listen, settings, metrics);
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(node = %node.id, %listen, control = node.settings.control_token.is_some(), "roompin-node started");
 
-    node.tasks.spawn(reap(node.clone(), room_idle));
-    node.tasks.spawn(mover::run(node.clone(), move_orders));
-    node.tasks.spawn(fence::watch(node.clone()));
-    node.tasks.spawn(shutdown::on_signals(node.clone()));
+    let none = tracing::Span::none;
+    tasks::spawn(&node, tasks::REAPER, none(), reap(node.clone(), room_idle));
+    tasks::spawn(
+        &node,
+        tasks::MOVER,
+        none(),
+        mover::run(node.clone(), move_orders),
+    );
+    tasks::spawn(&node, tasks::FENCE, none(), fence::watch(node.clone()));
+    tasks::spawn(
+        &node,
+        tasks::SIGNALS,
+        none(),
+        shutdown::on_signals(node.clone()),
+    );
 
-    let user_timeout = Duration::from_millis(node.settings.tcp_user_timeout_ms);
-    let listener = listener.tap_io(move |tcp| {
-        let sock = socket2::SockRef::from(&*tcp);
-        if let Err(e) = tcp
-            .set_nodelay(true)
-            .and_then(|()| sock.set_tcp_user_timeout(Some(user_timeout)))
-        {
-            tracing::debug!(error = %e, "cannot set socket options");
-        }
-    });
-    let stop = node.shutdown.clone();
-    axum::serve(listener, http::router(node.clone()))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    let app = http::router(node.clone()).layer(axum::middleware::from_fn(edge::rules));
+    accept(&node, listener, app).await;
+
     node.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), node.tasks.wait())
+    if tokio::time::timeout(STOP_CAP, node.tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!("some sessions did not end within 5 s");
+        tracing::warn!(
+            tasks = node.tasks.len(),
+            "some sessions did not end within {STOP_CAP:?}"
+        );
     }
     tracing::info!(node = %node.id, "roompin-node stopped");
     Ok(())
@@ -83,5 +99,73 @@ async fn reap(node: std::sync::Arc<node::Node>, idle: Duration) {
             _ = node.shutdown.cancelled() => return,
         }
         node.placement.reap(idle, std::time::Instant::now());
+    }
+}
+
+/// Accepts connections until the node stops. Each connection is a task on
+/// the node's tracker, so shutdown waits for it (and for the SSE streams
+/// it carries), and a panic in any handler is counted.
+async fn accept(node: &Arc<node::Node>, listener: TcpListener, app: axum::Router) {
+    let user_timeout = Duration::from_millis(node.settings.tcp_user_timeout_ms);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    on_accept_error(node, e).await;
+                    continue;
+                }
+            },
+            _ = node.shutdown.cancelled() => return,
+        };
+        configure(&tcp, user_timeout);
+        let service = TowerToHyperService::new(app.clone());
+        let stop = node.shutdown.clone();
+        tasks::spawn(node, tasks::CONNECTION, tracing::Span::none(), async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let done = tokio::select! {
+                done = conn.as_mut() => done,
+                _ = stop.cancelled() => {
+                    // Ends the connection after the request in flight (an
+                    // SSE stream ends with its session).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = done {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+    }
+}
+
+fn configure(tcp: &TcpStream, user_timeout: Duration) {
+    let sock = socket2::SockRef::from(tcp);
+    if let Err(e) = tcp
+        .set_nodelay(true)
+        .and_then(|()| sock.set_tcp_user_timeout(Some(user_timeout)))
+    {
+        tracing::debug!(error = %e, "cannot set socket options");
+    }
+}
+
+/// A connection that failed before it was accepted is the client's
+/// business; anything else (out of file descriptors) is the node's, and
+/// retrying at once would spin.
+async fn on_accept_error(node: &node::Node, e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept connections; retrying in 1 s");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        _ = node.shutdown.cancelled() => {}
     }
 }

@@ -22,7 +22,8 @@ struct Cli {
     /// Bearer token the balancer must present on /control/*.
     #[arg(long, env = "ROOMPIN_CONTROL_TOKEN", hide_env_values = true)]
     control_token: Option<String>,
-    /// Seconds to wait on SIGTERM for the balancer to route away.
+    /// Milliseconds to wait on SIGTERM for the balancers to route away and
+    /// the clients to leave, before the rest are closed with 4001.
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
 }

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub admission_seconds: Histogram,
     pub relayed: IntCounterVec,
     pub fenced: IntGauge,
+    pub task_panics: IntCounterVec,
 }
 
 impl Metrics {
@@ -57,7 +58,7 @@ impl Metrics {
             )?,
             closes: register_int_counter_vec!(
                 "roompin_node_closes_total",
-                "Connections ended, by close code (0: the peer vanished)",
+                "Connections ended, by the code of the close frame the node sent (1005: an empty one; other: a client's own 3000-4999 code echoed back; 1006: none, the connection ended without a closing handshake)",
                 &["code"]
             )?,
             rooms_moved: register_int_counter!(
@@ -97,6 +98,11 @@ impl Metrics {
             misrouted: register_int_counter!(
                 "roompin_node_misrouted_total",
                 "Requests refused with 421 because another node owns the meeting"
+            )?,
+            task_panics: register_int_counter_vec!(
+                "roompin_node_task_panics_total",
+                "Tasks that panicked, by task (websocket, writer, connection, reaper, mover, fence, signals); each is also logged at error",
+                &["task"]
             )?,
         })
     }

@@ -3,6 +3,10 @@
 //! Each room event goes out as `id: <seq>`, `event: <type>`, `data: <the
 //! WebSocket JSON>`. A browser's EventSource reconnects by itself and sends
 //! `Last-Event-ID`, which resumes exactly like `since=` on a WebSocket.
+//!
+//! The stream is driven by its HTTP connection's task (on the node's
+//! tracker, see `lib.rs`); it ends when its member is kicked or the node
+//! stops. Its span carries `meeting_id`, `node`, `conn_id` and `close`.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,14 +20,18 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Interval;
 
+use tracing::Instrument;
+
 use crate::event::{Event, Kick};
 use crate::node::{unavailable, Admitted, Node};
 use crate::params::JoinParams;
 use crate::placement::MOVING;
 use crate::relay;
 use crate::room::{MemberHandle, Room};
-use crate::writer::OpenConnection;
+use crate::shutdown;
+use crate::writer::{OpenConnection, VANISHED};
 use roompin_shared::protocol::{close, ServerEvent};
+use roompin_shared::MeetingId;
 
 pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
     let mut params = match JoinParams::parse(req.uri().query()) {
@@ -53,31 +61,46 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
     };
 
     let conn_id = node.next_conn_id();
-    let user: Arc<str> = Arc::from(params.user.as_deref().unwrap_or(&conn_id));
-    let (tx, rx) = mpsc::channel(node.settings.send_queue);
-    let kick = Arc::new(Kick::default());
-    let member = MemberHandle {
-        conn_id: conn_id.clone(),
-        user,
-        tx,
-        kick: kick.clone(),
-    };
-    let Ok((room, joined)) = node.join(room, member, params.resume()) else {
-        return unavailable(MOVING);
-    };
-    tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, since = ?params.since, "sse joined");
-
+    let span = tracing::info_span!(
+        "sse",
+        meeting_id = %params.meeting_id,
+        node = %node.id,
+        conn_id = %conn_id,
+        close = tracing::field::Empty,
+    );
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     // Tell EventSource to come back quickly after a drop or a move.
     pending.push_back(Bytes::from_static(b"retry: 1000\n\n"));
-    pending.push_back(joined.welcome.sse());
-    pending.extend(joined.replay.iter().map(|e| e.sse()));
+    let kick = Arc::new(Kick::default());
+    let (tx, rx) = mpsc::channel(node.settings.send_queue);
+    let room = if node.shutdown.is_cancelled() {
+        // The node closed its rooms already: never join (a room made now
+        // would go at once, its history with it); end the stream the way
+        // the others ended.
+        kick.kick(shutdown::close_code(&node));
+        None
+    } else {
+        let member = MemberHandle {
+            conn_id: conn_id.clone(),
+            user: Arc::from(params.user.as_deref().unwrap_or(&conn_id)),
+            tx,
+            kick: kick.clone(),
+        };
+        let Ok((room, joined)) = node.join(room, member, params.resume()) else {
+            return unavailable(MOVING);
+        };
+        span.in_scope(|| tracing::info!(since = ?params.since, "sse joined"));
+        pending.push_back(joined.welcome.sse());
+        pending.extend(joined.replay.iter().map(|e| e.sse()));
+        Some(room)
+    };
     let mut heartbeat =
         tokio::time::interval(Duration::from_millis(node.settings.sse_heartbeat_ms));
     heartbeat.reset();
     let state = Listener {
         _open: OpenConnection::new(&node.metrics),
         node,
+        meeting_id: params.meeting_id,
         room,
         conn_id,
         rx,
@@ -85,9 +108,12 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
         pending,
         heartbeat,
         done: false,
+        close: None,
+        span,
     };
     let body = futures_util::stream::unfold(state, |mut st| async move {
-        let chunk = st.next_chunk().await?;
+        let span = st.span.clone();
+        let chunk = st.next_chunk().instrument(span).await?;
         Some((Ok::<_, Infallible>(chunk), st))
     });
     Response::builder()
@@ -98,16 +124,23 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// One SSE member; dropping it (the client went away) leaves the room.
+/// One SSE member; dropping it (the stream ended, or the client went away)
+/// leaves the room.
 struct Listener {
     node: Arc<Node>,
-    room: Arc<Room>,
+    meeting_id: MeetingId,
+    /// `None` for a stream turned away because the node is stopping.
+    room: Option<Arc<Room>>,
     conn_id: Arc<str>,
     rx: mpsc::Receiver<Arc<Event>>,
     kick: Arc<Kick>,
     pending: VecDeque<Bytes>,
     heartbeat: Interval,
     done: bool,
+    /// The code the stream ended with, once it has (as the WebSocket close
+    /// code would be; `moved` stands for 4001).
+    close: Option<u16>,
+    span: tracing::Span,
     _open: OpenConnection,
 }
 
@@ -122,31 +155,48 @@ impl Listener {
         }
         tokio::select! {
             biased;
-            _ = self.kick.kicked() => {
-                self.done = true;
-                while let Ok(event) = self.rx.try_recv() {
-                    self.pending.push_back(event.sse());
-                }
-                if self.kick.code() == Some(close::ROOM_MOVED) {
-                    let moved = ServerEvent::Moved { meeting_id: self.room.meeting_id.to_string() };
-                    self.pending.push_back(Event::new(&moved).sse());
-                }
-                let code = self.kick.code().unwrap_or(close::NORMAL).to_string();
-                self.node.metrics.closes.with_label_values(&[&code]).inc();
-                self.pending.pop_front()
+            _ = self.kick.kicked() => {}
+            // A member the room closing did not reach (it joined after)
+            // ends the same way; for the others this is a no-op.
+            _ = self.node.shutdown.cancelled() => {
+                self.kick.kick(shutdown::close_code(&self.node));
             }
             event = self.rx.recv() => {
                 self.node.metrics.frames_delivered.inc();
-                event.map(|e| e.sse())
+                return event.map(|e| e.sse());
             }
-            _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
+            _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": heartbeat\n\n")),
         }
+        // Kicked: what was queued, then `moved` if the room moved, then the
+        // end of the stream.
+        self.done = true;
+        while let Ok(event) = self.rx.try_recv() {
+            self.pending.push_back(event.sse());
+        }
+        let code = self.kick.code().unwrap_or(close::NORMAL);
+        if code == close::ROOM_MOVED {
+            let moved = ServerEvent::Moved {
+                meeting_id: self.meeting_id.to_string(),
+            };
+            self.pending.push_back(Event::new(&moved).sse());
+        }
+        self.close = Some(code);
+        self.pending.pop_front()
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.room.leave(&self.conn_id);
-        tracing::info!(meeting = %self.room.meeting_id, conn = %self.conn_id, "sse closed");
+        if let Some(room) = &self.room {
+            room.leave(&self.conn_id);
+        }
+        // No code: the client went away (or the stream was cut) first.
+        self.node
+            .metrics
+            .closes
+            .with_label_values(&[crate::ws::label(self.close)])
+            .inc();
+        self.span.record("close", self.close.unwrap_or(VANISHED));
+        self.span.in_scope(|| tracing::info!("sse closed"));
     }
 }

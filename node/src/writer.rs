@@ -2,14 +2,15 @@
 //!
 //! It writes the welcome and any replayed history first, then drains the
 //! member's queue in batches (one flush per batch), pings the client when it
-//! has been quiet, and ends with a close frame whose code says why.
+//! has been quiet, and ends with a close frame whose code says why. The
+//! session (`ws.rs`) runs it on the node's tracker and counts how the
+//! connection ended.
 
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use prometheus::IntGauge;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -17,6 +18,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{Event, Kick};
+use crate::liveness::{verdict, Liveness, Verdict};
 use crate::metrics::Metrics;
 use crate::room::Joined;
 use roompin_shared::protocol::close;
@@ -25,7 +27,11 @@ use roompin_shared::protocol::close;
 /// connection's pings.
 const BATCH: usize = 64;
 /// How long the close frame may take to leave.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Not a code on the wire (RFC 6455 forbids sending 1006): the kick reason
+/// for a connection that ended without a closing handshake, so the writer
+/// sends nothing, and the `code` label it is counted under.
+pub const VANISHED: u16 = 1006;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
@@ -45,19 +51,14 @@ impl Drop for OpenConnection {
     }
 }
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Returns the close code sent, or `None` when the peer vanished first.
+/// Returns the code of the close frame it sent, or `None` if it sent none
+/// (the peer vanished, closed first, or the session said not to).
 pub async fn run<S>(
     mut sink: Sink<S>,
     mut rx: mpsc::Receiver<Arc<Event>>,
     joined: Joined,
     kick: Arc<Kick>,
-    last_seen: Arc<AtomicU64>,
+    liveness: Arc<Liveness>,
     ping_interval: Duration,
     metrics: Metrics,
 ) -> Option<u16>
@@ -68,18 +69,20 @@ where
     let mut sent = 0;
     for event in first {
         if sink.feed(Message::Text(event.json.clone())).await.is_err() {
-            return vanished(&metrics);
+            return broken(&kick);
         }
         sent += 1;
     }
     if sink.flush().await.is_err() {
-        return vanished(&metrics);
+        return broken(&kick);
     }
     metrics.frames_delivered.inc_by(sent);
 
     let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    // When the ping still waiting for an answer went out (`Liveness::now_ms`).
+    let mut pinged: Option<u64> = None;
     loop {
         tokio::select! {
             biased;
@@ -87,27 +90,32 @@ where
             event = rx.recv() => {
                 let Some(event) = event else { break };
                 if write_batch(&mut sink, &mut rx, event, &metrics).await.is_err() {
-                    kick.kick(close::NORMAL);
-                    return vanished(&metrics);
+                    return broken(&kick);
                 }
             }
             _ = ping.tick() => {
-                let quiet = unix_ms().saturating_sub(last_seen.load(Ordering::Relaxed));
-                if quiet > 2 * ping_interval.as_millis() as u64 {
-                    kick.kick(close::PING_TIMEOUT);
-                    break;
-                }
-                if quiet >= ping_interval.as_millis() as u64
-                    && sink.send(Message::Ping(Bytes::new())).await.is_err()
-                {
-                    kick.kick(close::NORMAL);
-                    return vanished(&metrics);
+                let unanswered = pinged.is_some_and(|at| !liveness.heard_since(at));
+                match verdict(liveness.quiet(), ping_interval, unanswered) {
+                    Verdict::Alive => pinged = None,
+                    Verdict::Ping => {
+                        pinged = Some(liveness.now_ms());
+                        if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                            return broken(&kick);
+                        }
+                    }
+                    Verdict::Dead => {
+                        kick.kick(close::PING_TIMEOUT);
+                        break;
+                    }
                 }
             }
         }
     }
 
     let code = kick.code().unwrap_or(close::NORMAL);
+    if code == VANISHED {
+        return None;
+    }
     // Room moves and shutdowns deliver what was already queued first; the
     // client resumes from the last seq it saw either way.
     if matches!(code, close::ROOM_MOVED | close::GOING_AWAY | close::NORMAL) {
@@ -120,7 +128,6 @@ where
         reason: reason(code).into(),
     };
     let closed = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-    metrics.closes.with_label_values(&[&code.to_string()]).inc();
     matches!(closed, Ok(Ok(()))).then_some(code)
 }
 
@@ -147,19 +154,24 @@ where
     Ok(())
 }
 
-fn vanished(metrics: &Metrics) -> Option<u16> {
-    metrics.closes.with_label_values(&["0"]).inc();
+/// A write failed: the peer is gone, or closed first (the reader, which
+/// saw its close frame, answers it). Wakes the reader either way.
+fn broken(kick: &Kick) -> Option<u16> {
+    kick.kick(VANISHED);
     None
 }
 
-fn reason(code: u16) -> &'static str {
+/// The reason text of a close the node starts (docs/PROTOCOL.md).
+pub fn reason(code: u16) -> &'static str {
     match code {
         close::ROOM_MOVED => close::ROOM_MOVED_REASON,
         close::GOING_AWAY => close::GOING_AWAY_REASON,
         close::SLOW_CONSUMER => close::SLOW_CONSUMER_REASON,
         close::PING_TIMEOUT => close::PING_TIMEOUT_REASON,
-        close::TOO_BIG => "frame too big",
-        close::PROTOCOL_ERROR => "protocol error",
+        close::TOO_BIG => close::TOO_BIG_REASON,
+        close::PROTOCOL_ERROR => close::PROTOCOL_ERROR_REASON,
+        close::INVALID_DATA => close::INVALID_DATA_REASON,
+        close::INTERNAL => close::INTERNAL_REASON,
         _ => "",
     }
 }

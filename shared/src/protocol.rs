@@ -20,8 +20,11 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The node is shutting down; reconnect with backoff.
     pub const GOING_AWAY: u16 = 1001;
-    /// The peer broke the WebSocket protocol itself.
+    /// The peer broke the WebSocket protocol itself (or closed with a code
+    /// RFC 6455 does not allow).
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame, or a close frame's reason, that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// A frame exceeded `max_message_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The node hit an internal error.
@@ -39,6 +42,12 @@ pub mod close {
     pub const GOING_AWAY_REASON: &str = "node shutting down";
     pub const SLOW_CONSUMER_REASON: &str = "slow consumer: reconnect with since";
     pub const PING_TIMEOUT_REASON: &str = "no pong in time";
+    /// The same words tungstenite uses when it answers a close frame with
+    /// an invalid code, so that every 1002 reads alike.
+    pub const PROTOCOL_ERROR_REASON: &str = "Protocol violation";
+    pub const INVALID_DATA_REASON: &str = "invalid UTF-8";
+    pub const TOO_BIG_REASON: &str = "frame too big";
+    pub const INTERNAL_REASON: &str = "internal error";
 }
 
 /// Stable, machine-readable codes of `error` frames.

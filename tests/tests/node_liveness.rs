@@ -1,11 +1,16 @@
 //! End-to-end tests of how a chat node keeps connections alive and drops
-//! the ones that cannot keep up: pings, ping timeouts, slow consumers.
+//! the ones that cannot keep up: pings, ping timeouts, slow consumers, and
+//! a wall clock that steps.
 
 use roompin_shared::protocol::close;
+use roompin_tests::process::{bin, loopback, target_dir};
 use roompin_tests::ws::Ended;
-use roompin_tests::{eventually, get, metric, NodeProc, WsClient, PATIENCE};
+use roompin_tests::PATIENCE;
+use roompin_tests::{eventually, free_port, get, metric, wait_healthy, NodeProc, Proc, WsClient};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 async fn sample(node: &NodeProc, series: &str) -> Option<f64> {
     let (_, text) = get(&node.url("/metrics")).await.ok()?;
@@ -224,4 +229,150 @@ async fn an_sse_reader_that_never_reads_is_disconnected() {
 
 async fn next_any(c: &mut WsClient) -> Value {
     c.recv_next().await.expect("in-order stream")
+}
+
+/// libfaketime, which scripts/prereqs installs (Debian's `libfaketime`).
+fn libfaketime() -> PathBuf {
+    let found = std::env::var_os("ROOMPIN_LIBFAKETIME")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+                .iter()
+                .map(|arch| PathBuf::from(format!("/usr/lib/{arch}/faketime/libfaketime.so.1"))),
+        )
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!("libfaketime is missing: run `scripts/prereqs test` (or set ROOMPIN_LIBFAKETIME)")
+    })
+}
+
+/// Reads (and so answers pings) for `within`; panics if the connection
+/// ends meanwhile.
+async fn keep_reading(c: &mut WsClient, within: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut frames = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_within(left).await {
+            Ok(v) => frames.push(v),
+            Err(e) if e.to_string().starts_with("no frame within") => return frames,
+            Err(e) => panic!("{} ended while idle: {e}", c.conn_id()),
+        }
+    }
+}
+
+/// Sets the offset of the wall clock the node sees, e.g. `+3600` (seconds).
+fn step_clock(file: &Path, offset: &str) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{offset}\n")).expect("write clock file");
+    std::fs::rename(&tmp, file).expect("replace clock file");
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A node whose wall clock (CLOCK_REALTIME, and so `SystemTime`) the test
+/// steps through libfaketime; its monotonic clock is left alone, as NTP
+/// leaves it.
+async fn node_with_steppable_clock(id: &str, toml: &str) -> (Proc, std::net::SocketAddr, PathBuf) {
+    let addr = loopback(free_port());
+    let dir = target_dir().join("test-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    let tag = format!("{id}-{}-{}", addr.port(), std::process::id());
+    let clock = dir.join(format!("clock-{tag}"));
+    step_clock(&clock, "+0");
+    let config = dir.join(format!("{tag}.toml"));
+    std::fs::write(&config, toml).expect("write node config");
+    let mut cmd = Command::new(bin("roompin-node"));
+    cmd.arg("--id")
+        .arg(id)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--config")
+        .arg(&config)
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME_TIMESTAMP_FILE", &clock)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("DONT_FAKE_MONOTONIC", "1");
+    let proc = Proc::spawn(&format!("node-{tag}"), cmd);
+    wait_healthy(addr, PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", proc.logs()));
+    (proc, addr, clock)
+}
+
+/// NTP steps the wall clock an hour forward: idle clients that answer pings
+/// stay connected (they used to be closed with 4003 at the next tick, all at
+/// once). Then it steps two hours back: a client that stopped answering is
+/// still closed with 4003 in time (it used to look fresh for two hours).
+/// The `ts` of messages shows that the node did see each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_step_neither_drops_idle_clients_nor_hides_dead_ones() {
+    let (node, addr, clock) = node_with_steppable_clock("clock", "ping_interval_ms = 500\n").await;
+    let base = format!("ws://{addr}/websocket");
+    let mut idle = WsClient::join(&base, "ntp", "idle").await;
+    idle.expect_next("join").await;
+    let mut talker = WsClient::join(&base, "ntp", "talker").await;
+    idle.expect_next("join").await;
+    talker.expect_next("join").await;
+
+    step_clock(&clock, "+3600");
+    // Both read (and so answer pings) but send nothing for 5 intervals.
+    let quiet = Duration::from_millis(2500);
+    let (a, b) = tokio::join!(
+        keep_reading(&mut idle, quiet),
+        keep_reading(&mut talker, quiet)
+    );
+    assert_eq!((a, b), (vec![], vec![]), "frames after the step forward");
+    assert!(idle.pings >= 2, "only {} pings in {quiet:?}", idle.pings);
+    talker.send_text("after the step").await.expect("send");
+    for c in [&mut idle, &mut talker] {
+        let m = c.expect_next("message").await;
+        let ts = m["ts"].as_u64().unwrap_or(0);
+        assert!(
+            ts > unix_ms() + 3_000_000,
+            "the node's clock was not stepped: ts {ts}\n{}",
+            node.logs()
+        );
+    }
+
+    // `mute` reads nothing from here on, so it never answers a ping. The
+    // other two keep reading (and answering pings) meanwhile.
+    let mut mute = WsClient::join(&base, "ntp", "mute").await;
+    let mute_id = mute.conn_id().to_owned();
+    step_clock(&clock, "-3600");
+    let watch = Duration::from_secs(3);
+    let seen = tokio::join!(
+        keep_reading(&mut idle, watch),
+        keep_reading(&mut talker, watch)
+    );
+    for frames in [seen.0, seen.1] {
+        assert!(
+            frames
+                .iter()
+                .any(|f| f["type"] == "leave" && f["conn_id"] == json!(mute_id)),
+            "the mute client was not dropped within {watch:?}: {frames:?}"
+        );
+    }
+    let (ended, _) = mute.until_end(PATIENCE).await.expect("close");
+    assert_eq!(
+        ended,
+        Ended::Closed(close::PING_TIMEOUT, close::PING_TIMEOUT_REASON.into())
+    );
+    // The others are still served, and the clock is an hour behind now.
+    talker.send_text("after the step back").await.expect("send");
+    let m = talker.recv_type("message").await.expect("message");
+    let ts = m["ts"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        ts + 3_000_000 < unix_ms(),
+        "clock not stepped back: ts {ts}"
+    );
+    assert_eq!(
+        idle.recv_type("message").await.expect("message")["text"],
+        "after the step back"
+    );
 }
