@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 use crate::event::{Event, Kick};
+use crate::metrics::Transport;
 use crate::node::{unavailable, Admitted, Node};
 use crate::params::JoinParams;
 use crate::placement::MOVING;
@@ -76,7 +77,7 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
         tokio::time::interval(Duration::from_millis(node.settings.sse_heartbeat_ms));
     heartbeat.reset();
     let state = Listener {
-        _open: OpenConnection::new(&node.metrics),
+        _open: OpenConnection::new(&node.metrics, Transport::Sse),
         node,
         room,
         conn_id,

@@ -137,7 +137,7 @@ where
         }
     };
     let (sink, mut stream) = ws.split();
-    let _open = writer::OpenConnection::new(&node.metrics);
+    let _open = writer::OpenConnection::new(&node.metrics, crate::metrics::Transport::WebSocket);
     tracing::info!(meeting = %params.meeting_id, node = %node.id, conn = %conn_id, since = ?params.since, "websocket joined");
 
     let last_seen = Arc::new(AtomicU64::new(unix_ms()));
