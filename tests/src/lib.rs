@@ -7,8 +7,10 @@
 
 pub mod catalogue;
 pub mod cluster;
+pub mod dashboard;
 pub mod exercise;
 pub mod process;
+pub mod prometheus;
 pub mod reconnect;
 pub mod scrape;
 pub mod sse;
