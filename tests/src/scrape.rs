@@ -98,3 +98,19 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         }
     })
 }
+
+/// The sum over every series of a gauge or counter (`sum(name)` in PromQL),
+/// or `None` when the scrape has no such metric.
+pub fn sum(text: &str, name: &str) -> Option<f64> {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    let values: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
