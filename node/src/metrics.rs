@@ -115,7 +115,21 @@ impl Metrics {
                 "roompin_node_misrouted_total",
                 "Requests refused with 421 because another node owns the meeting"
             )?,
-        })
+        }
+        .with_labels_at_zero())
+    }
+
+    /// Counters whose label values are a fixed set exist from the start, at
+    /// 0, so `rate()` and alerts see their first increment. The values are
+    /// those relay.rs and claim.rs count under.
+    fn with_labels_at_zero(self) -> Metrics {
+        for route in ["websocket", "sse", "messages"] {
+            self.relayed.with_label_values(&[route]);
+        }
+        for outcome in ["create", "relay", "await_handoff", "retry"] {
+            self.claim_rounds.with_label_values(&[outcome]);
+        }
+        self
     }
 }
 

@@ -87,7 +87,7 @@ fn the_dashboard_has_the_panels_operators_asked_for() {
         ("reloads", "roompin_balancer_config_reloads_total"),
         (
             "handoff failures",
-            "roompin_node_handoffs_total{result=\"error\"",
+            "roompin_node_handoffs_total{direction=\"sent\",result!~",
         ),
         ("slow consumers", "roompin_node_slow_consumers_total"),
     ];
