@@ -129,7 +129,9 @@ mod tests {
 
     fn config(upstreams: &[(&str, u32)]) -> BalancerConfig {
         let mut toml =
-            String::from("listen = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\n");
+            String::from(
+            "listen = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\ncontrol_token = \"t\"\n",
+        );
         for (i, (id, weight)) in upstreams.iter().enumerate() {
             toml.push_str(&format!(
                 "[[upstream]]\nid = \"{id}\"\naddr = \"127.0.0.1:{}\"\nweight = {weight}\n",
