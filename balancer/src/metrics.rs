@@ -1,10 +1,22 @@
 //! The balancer's Prometheus metrics, in the default registry that
-//! `pingora-prometheus` serves on the admin listener.
+//! `pingora-prometheus` serves on the admin listener. docs/METRICS.md lists
+//! each one with the question it answers; the `metrics_catalogue` test fails
+//! when this file and that list disagree.
+//!
+//! Labels have bounded values only: an upstream id, a route, a status, a
+//! result; never a meeting id.
 
 use prometheus::{
-    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
+
+/// Buckets of `roompin_balancer_upstream_connect_seconds`: a node on the
+/// same host or LAN connects in well under a millisecond; the proxy gives up
+/// after one second (`CONNECT_TIMEOUT` in proxy.rs).
+const CONNECT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -20,6 +32,11 @@ pub struct Metrics {
     pub rooms_moved: IntCounter,
     pub view_pushes: IntCounterVec,
     pub upstream_control_ok: IntGaugeVec,
+    /// Time to open a new TCP connection to an upstream, by upstream. To be
+    /// observed by the proxy path (docs/METRICS.md marks it pending until
+    /// then): from `upstream_peer` to `connected_to_upstream` for a fresh
+    /// (not reused) connection.
+    pub upstream_connect_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -73,6 +90,23 @@ impl Metrics {
                 "1 when the last view push to the node worked, 0 when it failed (a wrong control token, the node out of reach): a node that gets no views cannot be told to move rooms",
                 &["upstream"]
             )?,
-        })
+            upstream_connect_seconds: register_histogram_vec!(
+                "roompin_balancer_upstream_connect_seconds",
+                "Time to open a TCP connection to an upstream, by upstream",
+                &["upstream"],
+                CONNECT_BUCKETS.to_vec()
+            )?,
+        }
+        .with_results_at_zero())
+    }
+
+    /// Counters with a fixed set of results exist from the start, at 0, so
+    /// `rate()` and an alert on `result="error"` see the first increment.
+    fn with_results_at_zero(self) -> Metrics {
+        for result in ["ok", "error"] {
+            self.config_reloads.with_label_values(&[result]);
+            self.view_pushes.with_label_values(&[result]);
+        }
+        self
     }
 }

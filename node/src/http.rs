@@ -40,10 +40,23 @@ async fn healthz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn metrics() -> Response {
-    let mut out = Vec::new();
-    match TextEncoder::new().encode(&prometheus::gather(), &mut out) {
-        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], out).into_response(),
+/// The registered metrics, plus the members-per-room histogram, which is
+/// sampled from the live rooms right now (see `metrics::room_members`).
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let mut families = prometheus::gather();
+    let sizes = node
+        .placement
+        .live_rooms()
+        .iter()
+        .map(|r| r.info().members)
+        .collect::<Vec<_>>();
+    let encoded = crate::metrics::room_members(sizes).and_then(|rooms| {
+        families.extend(rooms);
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&families, &mut out).map(|()| out)
+    });
+    match encoded {
+        Ok(out) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], out).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use roompin_shared::config::{validate_node_id, NodeConfig};
+use roompin_shared::logging::{self, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(name = "roompin-node", version, about = "A roompin chat node")]
@@ -26,16 +27,20 @@ struct Cli {
     /// the clients to leave, before the rest are closed with 4001.
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// machines). RUST_LOG filters them.
+    #[arg(
+        long,
+        value_name = "text|json",
+        env = "ROOMPIN_LOG_FORMAT",
+        default_value_t
+    )]
+    log_format: LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    logging::init(cli.log_format)?;
     let mut settings = match &cli.config {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::default(),

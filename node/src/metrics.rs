@@ -1,14 +1,22 @@
 //! The node's Prometheus metrics, registered once in the default registry.
+//! docs/METRICS.md lists each one with the question it answers; the
+//! `metrics_catalogue` test fails when this file and that list disagree.
+//!
+//! Labels have bounded values only: never a meeting id or a connection id.
 
+use prometheus::proto::MetricFamily;
 use prometheus::{
     register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge, register_int_gauge_vec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Cheap to clone: every field is an `Arc` inside.
 #[derive(Clone)]
 pub struct Metrics {
-    pub connections: IntGauge,
+    /// Open client connections by `transport`: use [`Metrics::open`] and
+    /// [`Metrics::open_connections`].
+    pub connections: IntGaugeVec,
     pub rooms: IntGauge,
     pub events_received: IntCounter,
     pub frames_delivered: IntCounter,
@@ -30,10 +38,19 @@ pub struct Metrics {
 impl Metrics {
     pub fn register() -> prometheus::Result<Metrics> {
         Ok(Metrics {
-            connections: register_int_gauge!(
-                "roompin_node_connections",
-                "Open client connections (WebSocket and SSE)"
-            )?,
+            connections: {
+                let v = register_int_gauge_vec!(
+                    "roompin_node_connections",
+                    "Open client connections, by transport (websocket or sse)",
+                    &["transport"]
+                )?;
+                // Both series exist from the start, at 0, so sum() and
+                // rate() see them before the first client.
+                for t in Transport::ALL {
+                    v.with_label_values(&[t.label()]);
+                }
+                v
+            },
             rooms: register_int_gauge!("roompin_node_rooms", "Rooms held in memory")?,
             events_received: register_int_counter!(
                 "roompin_node_events_received_total",
@@ -104,6 +121,123 @@ impl Metrics {
                 "Tasks that panicked, by task (websocket, writer, connection, reaper, mover, fence, signals); each is also logged at error",
                 &["task"]
             )?,
-        })
+        }
+        .with_labels_at_zero())
+    }
+
+    /// Counters whose label values are a fixed set exist from the start, at
+    /// 0, so `rate()` and alerts see their first increment. The values are
+    /// those relay.rs and claim.rs count under.
+    fn with_labels_at_zero(self) -> Metrics {
+        for route in ["websocket", "sse", "messages"] {
+            self.relayed.with_label_values(&[route]);
+        }
+        for outcome in ["create", "relay", "await_handoff", "retry"] {
+            self.claim_rounds.with_label_values(&[outcome]);
+        }
+        self
+    }
+}
+
+impl Metrics {
+    /// The gauge of open connections over `transport`: increment it when
+    /// one opens and decrement it when it ends.
+    pub fn open(&self, transport: Transport) -> IntGauge {
+        self.connections.with_label_values(&[transport.label()])
+    }
+
+    /// Open client connections over every transport.
+    pub fn open_connections(&self) -> i64 {
+        Transport::ALL.iter().map(|t| self.open(*t).get()).sum()
+    }
+}
+
+/// How a client is connected: the `transport` label of
+/// `roompin_node_connections`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::WebSocket, Transport::Sse];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// `roompin_node_room_members`: how many members the node's rooms have.
+pub const ROOM_MEMBERS: &str = "roompin_node_room_members";
+
+/// Room sizes the buckets of `roompin_node_room_members` separate: a
+/// one-to-one call, small teams, classes, all-hands, webinars.
+const ROOM_MEMBER_BUCKETS: [f64; 13] = [
+    1.0, 2.0, 3.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 10000.0,
+];
+
+/// The members-per-room histogram, sampled now from each room's member
+/// count: `_count` is the number of rooms, `_sum` the members of all of
+/// them, and a bucket `le="N"` the rooms with at most N members.
+///
+/// It is a snapshot, built afresh on every scrape, not a count of events
+/// since start: read it without `rate()`, e.g.
+/// `histogram_quantile(0.99, sum by (le) (roompin_node_room_members_bucket))`.
+/// (A cumulative histogram observed at joins would say how big rooms
+/// *were*, weighted by churn, not how big they are.)
+pub fn room_members(
+    members_per_room: impl IntoIterator<Item = usize>,
+) -> prometheus::Result<Vec<MetricFamily>> {
+    use prometheus::core::Collector;
+    let h = Histogram::with_opts(
+        HistogramOpts::new(
+            ROOM_MEMBERS,
+            "Members per room, sampled from the rooms held when scraped",
+        )
+        .buckets(ROOM_MEMBER_BUCKETS.to_vec()),
+    )?;
+    for n in members_per_room {
+        h.observe(n as f64);
+    }
+    Ok(h.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buckets(f: &MetricFamily) -> Vec<(f64, u64)> {
+        f.get_metric()[0]
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect()
+    }
+
+    #[test]
+    fn room_members_is_a_snapshot_of_room_sizes() {
+        let families = room_members([1, 2, 2, 7, 0]).expect("valid histogram");
+        assert_eq!(families.len(), 1);
+        let f = &families[0];
+        assert_eq!(f.name(), ROOM_MEMBERS);
+        let h = f.get_metric()[0].get_histogram();
+        assert_eq!(h.get_sample_count(), 5, "one observation per room");
+        assert_eq!(h.get_sample_sum(), 12.0, "members of all rooms");
+        let b = buckets(f);
+        assert_eq!(b[0], (1.0, 2), "rooms of at most one member");
+        assert_eq!(b[1], (2.0, 4));
+        assert_eq!(b[4], (10.0, 5));
+    }
+
+    #[test]
+    fn no_rooms_still_expose_the_histogram() {
+        let families = room_members([]).expect("valid histogram");
+        let h = families[0].get_metric()[0].get_histogram();
+        assert_eq!((h.get_sample_count(), h.get_sample_sum()), (0, 0.0));
     }
 }

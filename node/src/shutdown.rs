@@ -68,7 +68,7 @@ async fn drain(node: &Node, int: &mut Signal) {
         // wait for: done once the clients are gone.
         let now = std::time::Instant::now();
         let views = node.ownership.snapshot();
-        if node.metrics.connections.get() == 0
+        if node.metrics.open_connections() == 0
             && !node.placement.holds_rooms()
             && (views.routed_away(now) || !views.has_fresh(now))
         {
@@ -76,5 +76,5 @@ async fn drain(node: &Node, int: &mut Signal) {
             return;
         }
     }
-    tracing::warn!(node = %node.id, connections = node.metrics.connections.get(), "drain timed out");
+    tracing::warn!(node = %node.id, connections = node.metrics.open_connections(), "drain timed out");
 }

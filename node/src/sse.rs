@@ -23,6 +23,7 @@ use tokio::time::Interval;
 use tracing::Instrument;
 
 use crate::event::{Event, Kick};
+use crate::metrics::Transport;
 use crate::node::{unavailable, Admitted, Node};
 use crate::params::JoinParams;
 use crate::placement::MOVING;
@@ -98,7 +99,7 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
         tokio::time::interval(Duration::from_millis(node.settings.sse_heartbeat_ms));
     heartbeat.reset();
     let state = Listener {
-        _open: OpenConnection::new(&node.metrics),
+        _open: OpenConnection::new(&node.metrics, Transport::Sse),
         node,
         meeting_id: params.meeting_id,
         room,

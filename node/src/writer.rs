@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{Event, Kick};
 use crate::liveness::{verdict, Liveness, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 use crate::room::Joined;
 use roompin_shared::protocol::close;
 
@@ -39,9 +39,10 @@ type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 pub struct OpenConnection(IntGauge);
 
 impl OpenConnection {
-    pub fn new(metrics: &Metrics) -> Self {
-        metrics.connections.inc();
-        OpenConnection(metrics.connections.clone())
+    pub fn new(metrics: &Metrics, transport: Transport) -> Self {
+        let gauge = metrics.open(transport);
+        gauge.inc();
+        OpenConnection(gauge)
     }
 }
 

@@ -25,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{Event, Kick};
 use crate::liveness::Liveness;
+use crate::metrics::Transport;
 use crate::node::{Admitted, Node};
 use crate::params::JoinParams;
 use crate::relay;
@@ -199,7 +200,7 @@ where
         .max_message_size(Some(s.max_message_bytes))
         .max_frame_size(Some(s.max_message_bytes));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let _open = OpenConnection::new(&node.metrics);
+    let _open = OpenConnection::new(&node.metrics, Transport::WebSocket);
     if node.shutdown.is_cancelled() {
         let code = shutdown::close_code(&node);
         return turn_away(&node, ws, code, "the node is stopping").await;

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod control;
+pub mod logging;
 pub mod meeting_id;
 pub mod protocol;
 pub mod ring;

@@ -5,9 +5,14 @@
 //! The binaries are the ones `cargo test` builds beside this test binary
 //! (`target/<profile>/`), so a test always runs the code it was built with.
 
+pub mod catalogue;
 pub mod cluster;
+pub mod dashboard;
+pub mod exercise;
 pub mod process;
+pub mod prometheus;
 pub mod reconnect;
+pub mod scrape;
 pub mod sse;
 pub mod traffic;
 pub mod ws;

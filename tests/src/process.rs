@@ -90,7 +90,14 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+    /// Spawns `cmd` with the test's own `RUST_LOG` (or `info`).
+    pub fn spawn(name: &str, cmd: Command) -> Proc {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        Self::spawn_filtered(name, cmd, &filter)
+    }
+
+    /// Spawns `cmd` with `RUST_LOG` set to `filter`.
+    pub fn spawn_filtered(name: &str, mut cmd: Command, filter: &str) -> Proc {
         let dir = target_dir().join("test-logs");
         let _ = std::fs::create_dir_all(&dir);
         let log = dir.join(format!("{name}-{}.log", std::process::id()));
@@ -99,10 +106,7 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err));
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.env("RUST_LOG", filter);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));

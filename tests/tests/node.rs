@@ -463,7 +463,7 @@ async fn after_all_that_the_node_still_serves_and_metrics_add_up() {
     eventually(PATIENCE, "gauges to show only the held clients", || async {
         let text = metrics(&node).await;
         let now = (
-            metric(&text, "roompin_node_connections"),
+            roompin_tests::scrape::sum(&text, "roompin_node_connections"),
             metric(&text, "roompin_node_rooms"),
         );
         (now == (Some(3.0), Some(2.0))).then_some(())

@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Open connections, over every transport.
+async fn connections(node: &NodeProc) -> Option<f64> {
+    let (_, text) = get(&node.url("/metrics")).await.ok()?;
+    roompin_tests::scrape::sum(&text, "roompin_node_connections")
+}
+
 async fn sample(node: &NodeProc, series: &str) -> Option<f64> {
     let (_, text) = get(&node.url("/metrics")).await.ok()?;
     metric(&text, series)
@@ -42,7 +48,7 @@ async fn pings_keep_an_idle_client_connected() {
         let m = c.expect_next("message").await;
         assert_eq!(m["text"], "still there?");
     }
-    assert_eq!(sample(&node, "roompin_node_connections").await, Some(2.0));
+    assert_eq!(connections(&node).await, Some(2.0));
 }
 
 /// A client that never answers pings is closed with 4003, and the room sees
@@ -157,7 +163,7 @@ async fn a_slow_consumer_is_dropped_with_4002() {
 
     // The dropped connection is gone from the node: 2 + the resumed one.
     eventually(PATIENCE, "the dropped connection to be closed", || async {
-        (sample(&node, "roompin_node_connections").await == Some(3.0)).then_some(())
+        (connections(&node).await == Some(3.0)).then_some(())
     })
     .await;
 }
@@ -184,7 +190,7 @@ async fn a_slow_consumer_that_never_reads_again_is_disconnected() {
     eventually(
         Duration::from_secs(15),
         "the node to close the stuck connection",
-        || async { (sample(&node, "roompin_node_connections").await == Some(1.0)).then_some(()) },
+        || async { (connections(&node).await == Some(1.0)).then_some(()) },
     )
     .await;
     drop(slow);
@@ -221,7 +227,7 @@ async fn an_sse_reader_that_never_reads_is_disconnected() {
     eventually(
         Duration::from_secs(15),
         "the node to close the stuck SSE stream",
-        || async { (sample(&node, "roompin_node_connections").await == Some(1.0)).then_some(()) },
+        || async { (connections(&node).await == Some(1.0)).then_some(()) },
     )
     .await;
     drop(raw);
