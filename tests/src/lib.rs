@@ -6,6 +6,7 @@
 //! (`target/<profile>/`), so a test always runs the code it was built with.
 
 pub mod cluster;
+pub mod history;
 pub mod process;
 pub mod reconnect;
 pub mod sse;
