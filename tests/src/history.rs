@@ -447,6 +447,73 @@ impl History {
         let end = log.finished.unwrap_or_else(|| self.now());
         check::check(&log, end).summary.silent_losses
     }
+
+    /// Waits (polling every 100 ms) until [`History::pending_deliveries`] is
+    /// 0; false if it is not within `within`. A test stops its publishers,
+    /// settles, then finishes, so that only real losses are judged.
+    pub async fn settle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.pending_deliveries() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Where the staying members (WebSocket and SSE) are now: how many
+    /// there are, how many have a welcomed, open connection, and on which
+    /// nodes. A test waits on this (e.g. "all connected, none on node-b").
+    pub fn presence(&self) -> Presence {
+        let log = self.lock();
+        let mut open: Vec<Option<Sym>> = vec![None; log.clients.len()];
+        for e in &log.entries {
+            let Some(state) = open.get_mut(e.client as usize) else {
+                continue;
+            };
+            match e.op {
+                Op::Welcome { node, .. } => *state = Some(node),
+                Op::Connect { .. } | Op::ConnectFailed { .. } | Op::Ended(_) => *state = None,
+                _ => {}
+            }
+        }
+        let mut p = Presence::default();
+        for (i, c) in log.clients.iter().enumerate() {
+            if !c.kind.stays() {
+                continue;
+            }
+            p.total += 1;
+            if let Some(node) = open[i] {
+                p.connected += 1;
+                *p.on_node.entry(log.name(node).to_owned()).or_default() += 1;
+            }
+        }
+        p
+    }
+}
+
+/// Where the staying members are now (see [`History::presence`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Presence {
+    pub total: usize,
+    pub connected: usize,
+    /// Connected members per node id.
+    pub on_node: HashMap<String, usize>,
+}
+
+impl Presence {
+    /// Every staying member is connected.
+    pub fn all_connected(&self) -> bool {
+        self.connected == self.total
+    }
+
+    /// Connected members on `node`.
+    pub fn on(&self, node: &str) -> usize {
+        self.on_node.get(node).copied().unwrap_or(0)
+    }
 }
 
 /// A client's handle on the history: everything it records goes through it.

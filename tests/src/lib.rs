@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod history;
 pub mod process;
 pub mod reconnect;
+pub mod recorder;
 pub mod sse;
 pub mod traffic;
 pub mod ws;
