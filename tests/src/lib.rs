@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod netbed;
 pub mod process;
 pub mod reconnect;
 pub mod recorder;
