@@ -560,6 +560,8 @@ impl Netbed {
         );
         if o.control {
             toml.push_str(&format!("control_token = \"{TOKEN}\"\n"));
+        } else {
+            toml.push_str("moves = false\n");
         }
         toml.push_str(&format!("\n[health]\n{}\n", o.health_toml));
         for &i in upstreams {

@@ -327,3 +327,74 @@ fn leftovers_of_a_killed_run_are_swept_and_live_beds_are_not() {
     );
     ip(&["netns", "del", &format!("{live}-sw")]);
 }
+
+/// The recorder on the bed: clients on the client host through both
+/// balancers, the poller in the test process over the management network,
+/// and a clean verdict for a steady run (what the fault tests build on).
+#[test]
+fn recorders_on_the_bed_give_a_clean_verdict_when_nothing_fails() {
+    use roompin_tests::cluster::TOKEN;
+    use roompin_tests::history::History;
+    use roompin_tests::recorder::{meeting_ids, Clients, NodePoller};
+    if !have_root("recorders_on_the_bed_give_a_clean_verdict_when_nothing_fails") {
+        return;
+    }
+    let _serial = serial();
+    block_on(async {
+        let bed = Netbed::start(NetbedOptions::default()).await;
+        let rt = bed.client_runtime(2);
+        let history = History::new();
+        let poller = NodePoller::spawn(
+            &history,
+            &bed.poll_targets(),
+            TOKEN,
+            Duration::from_millis(50),
+            &tokio::runtime::Handle::current(),
+        );
+        let clients = Clients::new(&history, bed.balancer_urls(), rt.handle());
+        let meetings = meeting_ids(10);
+        clients.populate(&meetings, 2, 1, 1);
+        roompin_tests::eventually(PATIENCE, "every member welcomed", || async {
+            let p = history.presence();
+            (p.total == 30 && p.all_connected()).then_some(())
+        })
+        .await;
+        history.step("steady");
+        clients.publisher(&meetings, 20.0);
+        roompin_tests::eventually(PATIENCE, "60 publishes acknowledged", || async {
+            let acks = history
+                .snapshot()
+                .entries
+                .iter()
+                .filter(|e| matches!(e.op, roompin_tests::history::Op::PublishAcked { .. }))
+                .count();
+            (acks >= 60).then_some(())
+        })
+        .await;
+        clients.stop_publishers();
+        let settled = history.settle(PATIENCE).await;
+        history.finish();
+        clients.stop();
+        poller.stop();
+        let verdict = history.check();
+        println!("{verdict}");
+        assert!(settled, "{verdict}");
+        verdict.assert_clean();
+        let s = &verdict.summary;
+        assert!(s.delivered >= 60 * 3, "{verdict}");
+        assert_eq!(s.failed_samples, 0, "{verdict}");
+        // Both balancers served the clients, and all four nodes held rooms.
+        let log = history.snapshot();
+        let used: std::collections::BTreeSet<usize> = log
+            .entries
+            .iter()
+            .filter_map(|e| match e.op {
+                roompin_tests::history::Op::Connect { balancer, .. } => Some(balancer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(used.len(), 2, "balancers used: {used:?}");
+        let holding = history.presence().on_node.len();
+        assert!(holding >= 3, "members on {holding} nodes only");
+    })
+}

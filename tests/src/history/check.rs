@@ -291,6 +291,8 @@ enum StintEnd {
 
 #[derive(Clone, Copy, Debug)]
 struct Stint {
+    room: Sym,
+    node: Sym,
     start: Stamp,
     end: StintEnd,
 }
@@ -371,19 +373,28 @@ impl Run {
     }
 }
 
+/// What two runs prove about their overlap.
+enum Overlap {
+    /// Both rooms were surely live over this span.
+    Span(Stamp, Stamp),
+    /// One poll of one room was answered at an instant inside this window,
+    /// all of which the other room was surely live.
+    Instant(Stamp, Stamp),
+}
+
 /// The overlap two runs prove, if any.
-fn proven_overlap(r: &Run, q: &Run) -> Option<(Stamp, Stamp)> {
+fn proven_overlap(r: &Run, q: &Run) -> Option<Overlap> {
     if let (Some(a), Some(b)) = (r.sure(), q.sure()) {
         let (lo, hi) = (a.0.max(b.0), a.1.min(b.1));
         if lo < hi {
-            return Some((lo, hi));
+            return Some(Overlap::Span(lo, hi));
         }
     }
     for (x, y) in [(r, q), (q, r)] {
         let Some(sure) = x.sure() else { continue };
         for w in [y.first, y.last] {
             if sure.0 <= w.0 && w.1 <= sure.1 {
-                return Some(w);
+                return Some(Overlap::Instant(w.0, w.1));
             }
         }
     }
@@ -497,9 +508,17 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn open_stint(&mut self, client: ClientId, st: &mut ClientState, at: Stamp) {
+    fn open_stint(
+        &mut self,
+        client: ClientId,
+        st: &mut ClientState,
+        at: Stamp,
+        (room, node): (Sym, Sym),
+    ) {
         self.close_stint(client, st, StintEnd::Broken(at));
         st.stint = Some(Stint {
+            room,
+            node,
             start: at,
             end: StintEnd::Open { connected: false },
         });
@@ -645,7 +664,7 @@ impl<'a> Checker<'a> {
                         format!("{who} got recovered:true without resuming"),
                     );
                 }
-                self.open_stint(client, st, at);
+                self.open_stint(client, st, at, (room, node));
                 st.last = Some((room, seq));
                 st.free = false;
             }
@@ -661,7 +680,7 @@ impl<'a> Checker<'a> {
                         log.name(room)
                     ),
                 );
-                self.open_stint(client, st, at);
+                self.open_stint(client, st, at, (room, node));
                 st.last = Some((room, seq));
                 st.free = true;
             }
@@ -679,7 +698,7 @@ impl<'a> Checker<'a> {
                     );
                 }
                 if st.stint.is_none() {
-                    self.open_stint(client, st, at);
+                    self.open_stint(client, st, at, (room, node));
                 }
                 st.last = Some((room, since));
                 st.free = false;
@@ -694,7 +713,7 @@ impl<'a> Checker<'a> {
                     room,
                 });
                 self.close_stint(client, st, StintEnd::Told(at));
-                self.open_stint(client, st, at);
+                self.open_stint(client, st, at, (room, node));
                 st.last = Some((room, seq));
                 st.free = true;
             }
@@ -868,15 +887,23 @@ impl<'a> Checker<'a> {
                     if q.node == r.node {
                         continue;
                     }
-                    let Some((lo, hi)) = proven_overlap(r, q) else {
+                    let Some(overlap) = proven_overlap(r, q) else {
                         continue;
                     };
-                    let length = hi - lo;
+                    let (lo, length, how_long) = match overlap {
+                        Overlap::Span(lo, hi) => {
+                            (lo, hi - lo, format!("for at least {}", ms(hi - lo)))
+                        }
+                        Overlap::Instant(lo, hi) => (
+                            lo,
+                            Duration::ZERO,
+                            format!("at an instant in {}..{}", fmt_stamp(lo), fmt_stamp(hi)),
+                        ),
+                    };
                     self.summary.splits += 1;
                     self.summary.longest_split = self.summary.longest_split.max(Some(length));
                     let evidence = format!(
-                        "two live rooms for {}: {} while {}",
-                        ms(length),
+                        "two live rooms {how_long}: {} while {}",
                         r.describe(self.log),
                         q.describe(self.log)
                     );
@@ -1030,7 +1057,7 @@ impl<'a> Checker<'a> {
                 } else {
                     self.summary.silent_losses += 1;
                     let evidence = format!(
-                        "{who}'s publish {} (sent {}, acknowledged {} as seq {} of room {}) never reached {}, in the meeting since {} and {} at the end, never told",
+                        "{who}'s publish {} (sent {}, acknowledged {} as seq {} of room {}) never reached {}, in the meeting since {} (joined room {} on {}) and connected at the end, never told",
                         ack.tag,
                         fmt_stamp(ack.sent),
                         fmt_stamp(ack.acked),
@@ -1038,7 +1065,8 @@ impl<'a> Checker<'a> {
                         log.name(ack.room),
                         self.name(m),
                         fmt_stamp(stint.start),
-                        "connected"
+                        log.name(stint.room),
+                        log.name(stint.node)
                     );
                     self.violation(Rule::SilentLoss, ack.meeting, ack.acked, evidence);
                 }
@@ -1378,6 +1406,26 @@ mod tests {
         assert!(first.evidence.contains("node-a held room R"), "{first}");
         assert!(first.evidence.contains("node-c held room X"), "{first}");
         assert!(v.to_string().contains("[Split] meeting m1"), "{v}");
+    }
+
+    #[test]
+    fn one_poll_inside_another_nodes_sure_span_is_a_split_at_an_instant() {
+        let h = History::manual();
+        t(&h, 500);
+        for sent in [0, 50, 100] {
+            sample(&h, "node-a", sent, &[("m1", "R")]);
+        }
+        sample(&h, "node-b", 60, &[("m1", "S")]);
+        sample(&h, "node-b", 110, &[]);
+        h.finish();
+        let v = h.check();
+        assert_eq!(v.count(Rule::Split), 1, "{v}");
+        assert!(
+            v.violations[0]
+                .evidence
+                .contains("at an instant in 0.060s..0.062s"),
+            "{v}"
+        );
     }
 
     #[test]
