@@ -426,24 +426,7 @@ struct Checker<'a> {
 }
 
 pub(super) fn check(log: &Log, end: Stamp) -> Verdict {
-    let mut c = Checker {
-        log,
-        end,
-        violations: Vec::new(),
-        summary: Summary::default(),
-        sessions: Vec::new(),
-        stints: HashMap::new(),
-        receipts: HashMap::new(),
-        duplicates: Vec::new(),
-        at_seq: HashMap::new(),
-        messages: HashMap::new(),
-        acks: Vec::new(),
-        not_recovered: Vec::new(),
-        holders: HashMap::new(),
-        deliveries: Vec::new(),
-        losses: Vec::new(),
-        runs: Vec::new(),
-    };
+    let mut c = Checker::new(log, end);
     c.clients();
     c.samples();
     c.splits_from_samples();
@@ -457,6 +440,40 @@ pub(super) fn check(log: &Log, end: Stamp) -> Verdict {
         violations: c.violations,
         summary: c.summary,
         steps,
+    }
+}
+
+/// Rule (c)'s silent losses only: what [`super::History::pending_deliveries`]
+/// polls, without the cost of the other rules.
+pub(super) fn silent_losses(log: &Log, end: Stamp) -> usize {
+    let mut c = Checker::new(log, end);
+    c.clients();
+    // The holders, which excuse losses on nodes declared to lose memory.
+    c.samples();
+    c.deliveries();
+    c.summary.silent_losses
+}
+
+impl<'a> Checker<'a> {
+    fn new(log: &'a Log, end: Stamp) -> Checker<'a> {
+        Checker {
+            log,
+            end,
+            violations: Vec::new(),
+            summary: Summary::default(),
+            sessions: Vec::new(),
+            stints: HashMap::new(),
+            receipts: HashMap::new(),
+            duplicates: Vec::new(),
+            at_seq: HashMap::new(),
+            messages: HashMap::new(),
+            acks: Vec::new(),
+            not_recovered: Vec::new(),
+            holders: HashMap::new(),
+            deliveries: Vec::new(),
+            losses: Vec::new(),
+            runs: Vec::new(),
+        }
     }
 }
 
@@ -734,29 +751,22 @@ impl<'a> Checker<'a> {
     ) {
         let log = self.log;
         let who = self.name(client);
-        match self.at_seq.get(&(meeting, room, seq)) {
-            None => {
-                self.at_seq.insert(
-                    (meeting, room, seq),
-                    SeqSeen {
-                        digest,
-                        client,
-                        at,
-                        tag,
-                    },
-                );
-            }
-            Some(seen) if seen.digest != digest => {
-                let evidence = format!(
-                    "seq {seq} of room {}: {} saw one event at {}, {who} another at {}",
-                    log.name(room),
-                    self.name(seen.client),
-                    fmt_stamp(seen.at),
-                    fmt_stamp(at)
-                );
-                self.violation(Rule::Diverged, meeting, at, evidence);
-            }
-            Some(_) => {}
+        let seen = self.at_seq.entry((meeting, room, seq)).or_insert(SeqSeen {
+            digest,
+            client,
+            at,
+            tag,
+        });
+        if seen.digest != digest {
+            let (first, first_at) = (seen.client, seen.at);
+            let evidence = format!(
+                "seq {seq} of room {}: {} saw one event at {}, {who} another at {}",
+                log.name(room),
+                self.name(first),
+                fmt_stamp(first_at),
+                fmt_stamp(at)
+            );
+            self.violation(Rule::Diverged, meeting, at, evidence);
         }
         let context = || match st.welcomed {
             Some((w_at, w_seq, Some(since))) => format!(
@@ -806,16 +816,15 @@ impl<'a> Checker<'a> {
             }
         }
         st.last = Some((room, seq));
-        match self.receipts.get(&(client, room, seq)) {
-            Some(_) => self.duplicates.push(at),
-            None => {
-                self.receipts
-                    .insert((client, room, seq), Receipt { first: at });
+        match self.receipts.entry((client, room, seq)) {
+            std::collections::hash_map::Entry::Occupied(_) => self.duplicates.push(at),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Receipt { first: at });
             }
         }
     }
 
-    /// Node samples: holders, and runs for (a).
+    /// Node samples: runs for (a), and from them the holders.
     fn samples(&mut self) {
         let log = self.log;
         let mut by_node: HashMap<Sym, Vec<usize>> = HashMap::new();
@@ -826,30 +835,27 @@ impl<'a> Checker<'a> {
         nodes.sort_by_key(|(n, _)| *n);
         for (node, mut list) in nodes {
             list.sort_by_key(|&i| log.samples[i].sent);
-            let mut open: HashMap<Sym, Run> = HashMap::new();
-            for i in list {
+            // Open runs by meeting, with the poll that last extended them.
+            let mut open: HashMap<Sym, (Run, usize)> = HashMap::new();
+            for (k, i) in list.into_iter().enumerate() {
                 let s = &log.samples[i];
                 self.summary.samples += 1;
                 let Some(rooms) = &s.rooms else {
                     self.summary.failed_samples += 1;
-                    self.runs.extend(open.drain().map(|(_, r)| r));
+                    self.runs.extend(open.drain().map(|(_, (r, _))| r));
                     continue;
                 };
                 let window = (s.sent, s.received);
-                let mut seen: HashMap<Sym, Run> = HashMap::with_capacity(rooms.len());
                 for r in rooms {
-                    let mid = s.sent + (s.received.saturating_sub(s.sent)) / 2;
-                    self.hold(r.meeting, r.room, node, mid);
-                    let run = match open.remove(&r.meeting) {
-                        Some(mut run) if run.room == r.room => {
+                    match open.get_mut(&r.meeting) {
+                        Some((run, seen)) if run.room == r.room => {
                             run.last = window;
                             run.polls += 1;
                             run.seq_last = r.seq;
-                            run
+                            *seen = k;
                         }
-                        other => {
-                            self.runs.extend(other);
-                            Run {
+                        _ => {
+                            let run = Run {
                                 node,
                                 meeting: r.meeting,
                                 room: r.room,
@@ -858,15 +864,29 @@ impl<'a> Checker<'a> {
                                 polls: 1,
                                 seq_first: r.seq,
                                 seq_last: r.seq,
+                            };
+                            if let Some((old, _)) = open.insert(r.meeting, (run, k)) {
+                                self.runs.push(old);
                             }
                         }
-                    };
-                    seen.insert(r.meeting, run);
+                    }
                 }
-                self.runs.extend(open.drain().map(|(_, r)| r));
-                open = seen;
+                let runs = &mut self.runs;
+                open.retain(|_, (run, seen)| {
+                    let listed = *seen == k;
+                    if !listed {
+                        runs.push(*run);
+                    }
+                    listed
+                });
             }
-            self.runs.extend(open.drain().map(|(_, r)| r));
+            self.runs.extend(open.drain().map(|(_, (r, _))| r));
+        }
+        let mid = |(a, b): (Stamp, Stamp)| a + b.saturating_sub(a) / 2;
+        for r in std::mem::take(&mut self.runs) {
+            self.hold(r.meeting, r.room, r.node, mid(r.first));
+            self.hold(r.meeting, r.room, r.node, mid(r.last));
+            self.runs.push(r);
         }
     }
 
