@@ -148,6 +148,8 @@ pub struct StepReport {
     /// Connect → welcome of the attempts that got one.
     pub join_wait_p99: Duration,
     pub join_wait_max: Duration,
+    /// Which attempt waited longest: client, when it connected.
+    pub slowest_join: Option<String>,
     /// Rule (c) outcomes of the publishes acknowledged in the step.
     pub delivered: usize,
     pub lost: usize,
@@ -233,7 +235,7 @@ impl fmt::Display for Verdict {
             };
             writeln!(
                 f,
-                "step {:?} {}..{}: back in meeting after {back} ({} disrupted); joiner wait p99 {} max {} ({} joins, {} failed); delivered {} lost {} duplicated {}; delivery p99 {} max {}; splits {}",
+                "step {:?} {}..{}: back in meeting after {back} ({} disrupted); joiner wait p99 {} max {} ({} joins, {} failed{}); delivered {} lost {} duplicated {}; delivery p99 {} max {}; splits {}",
                 st.name,
                 fmt_stamp(st.from),
                 fmt_stamp(st.to),
@@ -242,6 +244,10 @@ impl fmt::Display for Verdict {
                 ms(st.join_wait_max),
                 st.joins,
                 st.failed_joins,
+                st.slowest_join
+                    .as_ref()
+                    .map(|s| format!("; slowest: {s}"))
+                    .unwrap_or_default(),
                 st.delivered,
                 st.lost,
                 st.duplicated,
@@ -1225,13 +1231,27 @@ impl<'a> Checker<'a> {
                 }
             }
             let mut waits: Vec<Duration> = Vec::new();
+            let mut slowest: Option<(Duration, &Session)> = None;
             for s in self.sessions.iter().filter(|s| inside(s.start)) {
                 st.joins += 1;
                 match s.welcome {
-                    Some(w) => waits.push(w - s.start),
+                    Some(w) => {
+                        waits.push(w - s.start);
+                        if slowest.is_none_or(|(d, _)| w - s.start > d) {
+                            slowest = Some((w - s.start, s));
+                        }
+                    }
                     None => st.failed_joins += 1,
                 }
             }
+            st.slowest_join = slowest.map(|(d, s)| {
+                format!(
+                    "{} at {} waited {}",
+                    self.name(s.client),
+                    fmt_stamp(s.start),
+                    ms(d)
+                )
+            });
             (st.join_wait_p99, st.join_wait_max) = p99_max(&mut waits);
             let mut lat: Vec<Duration> = self
                 .deliveries
@@ -1797,6 +1817,10 @@ mod tests {
         assert_eq!(moved.joins, 2);
         assert_eq!(moved.failed_joins, 1);
         assert_eq!(moved.join_wait_max, Duration::from_millis(400));
+        assert_eq!(
+            moved.slowest_join.as_deref(),
+            Some("ws0@m1 at 1.100s waited 400ms")
+        );
         assert!(v.to_string().contains("NEVER (1 not back)"), "{v}");
     }
 
