@@ -237,8 +237,17 @@ fn nft(ns: &str, ruleset: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `pid` is a live process (a zombie, whose run has ended but not
+/// been reaped yet, is not).
 fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "<pid> (<comm>) <state> ...": the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
 }
 
 /// Removes what beds of dead processes left behind: their namespaces (and
