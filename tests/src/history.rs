@@ -524,10 +524,12 @@ pub struct ClientLog {
 }
 
 impl ClientLog {
+    /// The client's index in the log (its name is `<kind><id>@<meeting>`).
     pub fn id(&self) -> ClientId {
         self.id
     }
 
+    /// The history it records into.
     pub fn history(&self) -> &Arc<History> {
         &self.history
     }
@@ -542,12 +544,14 @@ impl ClientLog {
         });
     }
 
+    /// The current attempt got no welcome.
     pub fn connect_failed(&self, reason: impl Into<String>) {
         let reason = reason.into();
         self.history
             .record(self.id, None, |_| Op::ConnectFailed { reason });
     }
 
+    /// The `welcome` of the current attempt.
     pub fn welcome(&self, node: &str, room: &str, seq: u64, recovered: Option<bool>) {
         self.history.record(self.id, None, |log| Op::Welcome {
             node: log.sym(node),
@@ -579,15 +583,18 @@ impl ClientLog {
         });
     }
 
+    /// The current connection ended.
     pub fn ended(&self, end: End) {
         self.history.record(self.id, None, |_| Op::Ended(end));
     }
 
+    /// A publish of [`tag_text`]`(tag)` to `meeting` is on its way.
     pub fn publish_sent(&self, meeting: &str, tag: u64) {
         self.history
             .record(self.id, Some(meeting), |_| Op::PublishSent { tag });
     }
 
+    /// The publish was accepted as `seq` of incarnation `room`.
     pub fn publish_acked(&self, meeting: &str, tag: u64, room: &str, seq: u64) {
         self.history
             .record(self.id, Some(meeting), |log| Op::PublishAcked {
@@ -597,6 +604,7 @@ impl ClientLog {
             });
     }
 
+    /// The publish was refused or got no answer.
     pub fn publish_failed(&self, meeting: &str, tag: u64, reason: impl Into<String>) {
         let reason = reason.into();
         self.history

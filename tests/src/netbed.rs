@@ -160,6 +160,7 @@ impl BedNode {
         format!("http://{}{path}", self.mgmt)
     }
 
+    /// Its process (`None` after [`Netbed::kill_node`]).
     pub fn proc(&self) -> Option<&Proc> {
         self.proc.as_ref()
     }
@@ -670,6 +671,7 @@ impl Netbed {
             .insert(host);
     }
 
+    /// Brings `host`'s data link back up.
     pub fn link_up(&self, host: Host) {
         ip(&["-n", &self.namespace(host), "link", "set", "eth0", "up"]);
         self.down
@@ -849,6 +851,7 @@ pub struct NsRuntime {
 }
 
 impl NsRuntime {
+    /// A runtime of `threads` workers in the namespace named `ns`.
     pub fn new(ns: &str, threads: usize) -> NsRuntime {
         let path = format!("/run/netns/{ns}");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -870,6 +873,7 @@ impl NsRuntime {
         NsRuntime { rt: Some(rt) }
     }
 
+    /// Where to spawn tasks (give it to [`crate::recorder::Clients::new`]).
     pub fn handle(&self) -> tokio::runtime::Handle {
         self.rt
             .as_ref()

@@ -120,6 +120,7 @@ impl Clients {
         Self::with_options(history, balancers, runtime, ClientOptions::default())
     }
 
+    /// [`Clients::new`] with other [`ClientOptions`].
     pub fn with_options(
         history: &Arc<History>,
         balancers: Vec<String>,
@@ -722,6 +723,7 @@ impl NodePoller {
         NodePoller { tasks }
     }
 
+    /// Stops every poll.
     pub fn stop(&self) {
         for t in &self.tasks {
             t.abort();

@@ -170,6 +170,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// No violation at all.
     pub fn is_clean(&self) -> bool {
         self.violations.is_empty()
     }
