@@ -22,7 +22,7 @@ use crate::peers::Peers;
 use crate::placement::{Admission, Ask, MoveOrder, Placement, Refused, MOVING};
 use crate::room::{Joined, MemberHandle, Resume, Room, RoomEnv};
 use roompin_shared::config::NodeConfig;
-use roompin_shared::control::{NodeRef, RELAYED_HEADER};
+use roompin_shared::control::{NodeRef, RELAYED_HEADER, RELAY_HOPS_HEADER};
 use roompin_shared::MeetingId;
 
 pub struct Node {
@@ -126,6 +126,7 @@ impl Node {
         let alone = self.alone();
         Ask {
             relayed: false,
+            hops: 0,
             alone,
             fenced: !alone && !self.ownership.lease.holds(now),
             draining: self.is_draining(),
@@ -164,11 +165,17 @@ impl Node {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + CLAIM_DEADLINE + Duration::from_millis(100);
         let relayed = headers.contains_key(RELAYED_HEADER);
+        let hops = headers
+            .get(RELAY_HOPS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u8>().ok())
+            .unwrap_or(u8::from(relayed));
         let routed = routed_by(headers);
         loop {
             let now = Instant::now();
             let mut ask = self.ask(now);
             ask.relayed = relayed;
+            ask.hops = hops;
             let admission = self.placement.admit(
                 meeting,
                 ask,

@@ -114,6 +114,9 @@ struct State {
     history_bytes: usize,
     empty_since: Option<Instant>,
     closed: bool,
+    /// Members that left while the room was not serving, announced if it
+    /// reopens.
+    leaves_held: Vec<MemberHandle>,
 }
 
 impl Room {
@@ -161,6 +164,7 @@ impl Room {
                 history_bytes: 0,
                 empty_since: Some(Instant::now()),
                 closed: false,
+                leaves_held: Vec::new(),
             }),
         }
     }
@@ -230,11 +234,21 @@ impl Room {
     }
 
     /// Removes a member that left on its own (or was dropped by its session).
+    ///
+    /// A room that is not serving (closed for a move, or fenced) takes no
+    /// seq for it: its handoff is on its way, and an event here would give
+    /// a seq the new holder gives to another event. The leave is announced
+    /// if the room reopens, and dropped if it moved (its members rejoin the
+    /// new holder, and those gone never left there).
     pub fn leave(&self, conn_id: &str) {
         let mut st = self.state.lock();
         if let Some(pos) = st.members.iter().position(|m| &*m.conn_id == conn_id) {
             let gone = st.members.swap_remove(pos);
-            self.announce_leave(&mut st, &gone);
+            if self.serving(&st) {
+                self.announce_leave(&mut st, &gone);
+            } else {
+                st.leaves_held.push(gone);
+            }
         }
     }
 
@@ -292,7 +306,11 @@ impl Room {
 
     /// Undoes [`Room::close_for_move`] after a refused handoff.
     pub fn reopen(&self) {
-        self.state.lock().closed = false;
+        let mut st = self.state.lock();
+        st.closed = false;
+        for gone in std::mem::take(&mut st.leaves_held) {
+            self.announce_leave(&mut st, &gone);
+        }
     }
 
     /// The room as `GET /control/rooms` reports it.
@@ -508,6 +526,29 @@ pub(crate) mod tests {
         assert!(joined.welcome.json.as_str().contains("\"recovered\":true"));
         old.reopen();
         assert!(old.publish("u", "after a refused handoff").is_ok());
+    }
+
+    /// A member that leaves a room in transit takes no seq there (the new
+    /// holder numbers on from the handoff); if the room reopens, its leave
+    /// is announced then.
+    #[test]
+    fn a_room_in_transit_numbers_nothing() {
+        let room = Room::new(meeting("transit"), env(1 << 20));
+        let (a, _ka, mut rx) = member(0, 64);
+        let (b, _kb, _rxb) = member(1, 64);
+        assert!(room.join(a, None).is_ok());
+        assert!(room.join(b, None).is_ok());
+        let handoff = room.close_for_move().expect("closes");
+        room.leave("c1");
+        assert_eq!(
+            room.info().seq,
+            handoff.seq,
+            "a leave took a seq in transit"
+        );
+        while rx.try_recv().is_ok() {}
+        room.reopen();
+        let leave = rx.try_recv().expect("the held leave, on reopening");
+        assert_eq!((leave.kind, leave.seq), ("leave", handoff.seq + 1));
     }
 
     /// A message that overflows slow members takes its seq before their
