@@ -965,6 +965,12 @@ mod tests {
         };
         let relayed = Ask {
             relayed: true,
+            hops: 1,
+            ..ask()
+        };
+        let last_hop = Ask {
+            relayed: true,
+            hops: MAX_RELAY_HOPS,
             ..ask()
         };
         let fenced = Ask {
