@@ -118,7 +118,7 @@ impl Metrics {
             )?,
             task_panics: register_int_counter_vec!(
                 "roompin_node_task_panics_total",
-                "Tasks that panicked, by task (websocket, writer, connection, reaper, mover, fence, signals); each is also logged at error",
+                "Tasks that panicked, by task (websocket, writer, connection, reaper, mover, fence, signals, claim, handoff, peer, relay); each is also logged at error",
                 &["task"]
             )?,
         }

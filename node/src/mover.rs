@@ -18,6 +18,7 @@ use crate::claim::decide_round;
 use crate::node::Node;
 use crate::peers::{PeerError, HANDOFF_BATCH_BYTES};
 use crate::placement::{MoveOrder, MoveResult, RoundOutcome};
+use crate::tasks;
 use roompin_shared::control::{ForwardedPublish, HandoffOutcome, NodeRef, Published, Refusal};
 use roompin_shared::protocol::close;
 
@@ -109,10 +110,10 @@ async fn send(node: &Arc<Node>, to: &NodeRef, batch: Vec<MoveOrder>) {
         Err(PeerError::Unknown(why)) => {
             tracing::warn!(to = %to.id, rooms = batch.len(), error = %why, "handoff answer lost; settling each room with its receiver");
             for order in batch {
-                let node = node.clone();
-                node.tasks
-                    .clone()
-                    .spawn(async move { settle(&node, order).await });
+                let n = node.clone();
+                tasks::spawn(node, tasks::HANDOFF, tracing::Span::none(), async move {
+                    settle(&n, order).await
+                });
             }
         }
     }

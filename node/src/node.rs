@@ -21,6 +21,7 @@ use crate::params::routed_by;
 use crate::peers::Peers;
 use crate::placement::{Admission, Ask, MoveOrder, Placement, Refused, MOVING};
 use crate::room::{Joined, MemberHandle, Resume, Room, RoomEnv};
+use crate::tasks;
 use roompin_shared::config::NodeConfig;
 use roompin_shared::control::{NodeRef, RELAYED_HEADER, RELAY_HOPS_HEADER};
 use roompin_shared::MeetingId;
@@ -88,6 +89,7 @@ impl Node {
                 me.clone(),
                 settings.control_token.clone(),
                 tasks.clone(),
+                metrics.task_panics.clone(),
                 shutdown.clone(),
             ),
             me,
@@ -197,8 +199,12 @@ impl Node {
                 Admission::Relay(holder) => return Admitted::Relay(holder),
                 Admission::Wait(w) => w,
                 Admission::Acquire(round, w) => {
-                    self.tasks
-                        .spawn(claim::run(self.clone(), meeting.clone(), round));
+                    tasks::spawn(
+                        self,
+                        tasks::CLAIM,
+                        tracing::Span::none(),
+                        claim::run(self.clone(), meeting.clone(), round),
+                    );
                     w
                 }
                 Admission::Refuse(Refused::Misrouted(m)) => {

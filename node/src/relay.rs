@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::node::{unavailable, Node};
+use crate::tasks;
 use roompin_shared::control::{
     NodeRef, BALANCER_HEADER, EPOCH_HEADER, RELAYED_HEADER, RELAY_HOPS_HEADER, SKIPPED_HEADER,
 };
@@ -82,7 +83,7 @@ pub async fn websocket(node: &Arc<Node>, holder: &NodeRef, mut req: Request) -> 
         Ok(x) => x,
         Err(_) => return unavailable("the node holding this meeting cannot be reached; retry\n"),
     };
-    node.tasks.spawn(async move {
+    tasks::spawn(node, tasks::RELAY, tracing::Span::none(), async move {
         let _ = conn.with_upgrades().await;
     });
     let mut forward = http::Request::builder().method(req.method().clone()).uri(
@@ -110,7 +111,7 @@ pub async fn websocket(node: &Arc<Node>, holder: &NodeRef, mut req: Request) -> 
     }
     let holder_upgrade = hyper::upgrade::on(resp);
     let shutdown = node.shutdown.clone();
-    node.tasks.spawn(async move {
+    tasks::spawn(node, tasks::RELAY, tracing::Span::none(), async move {
         let (Ok(client), Ok(holder)) = (client_upgrade.await, holder_upgrade.await) else {
             return;
         };
