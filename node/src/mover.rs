@@ -84,6 +84,11 @@ fn chunks(orders: Vec<MoveOrder>) -> Vec<Vec<MoveOrder>> {
 }
 
 async fn send(node: &Arc<Node>, to: &NodeRef, batch: Vec<MoveOrder>) {
+    // The members go first: they reconnect, and wait at the new holder for
+    // the room, so no client is ever in the old room and the new one at once.
+    for o in &batch {
+        o.room.send_members_away(close::ROOM_MOVED);
+    }
     let rooms = batch.iter().map(|o| o.handoff.clone()).collect();
     match node.peers.handoff(to, rooms).await {
         Ok(outcomes) => {

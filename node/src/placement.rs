@@ -233,6 +233,8 @@ pub fn admission_rule(has: Has, ask: Ask, misrouted: impl FnOnce() -> bool) -> R
 pub struct MoveOrder {
     pub id: u64,
     pub meeting: MeetingId,
+    /// The closed room, whose members the mover sends on.
+    pub room: Arc<Room>,
     pub to: NodeRef,
     pub handoff: Handoff,
     pub started: Instant,
@@ -481,7 +483,7 @@ impl Placement {
             Slot::Moving {
                 id,
                 to: to.clone(),
-                room,
+                room: room.clone(),
                 queued: Vec::new(),
                 since: now,
             },
@@ -489,6 +491,7 @@ impl Placement {
         Some(MoveOrder {
             id,
             meeting: meeting.clone(),
+            room,
             to,
             handoff,
             started: now,

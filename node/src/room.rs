@@ -324,6 +324,20 @@ impl Room {
         }
     }
 
+    /// Sends every member away with `code`, keeping the room's history: a
+    /// room about to be handed over sends its members on first, so that no
+    /// client sees two nodes at once; they wait at the new holder until the
+    /// handoff lands. If the room reopens instead, they find it again.
+    pub fn send_members_away(&self, code: u16) {
+        let mut st = self.state.lock();
+        for m in st.members.drain(..) {
+            m.kick.kick(code);
+        }
+        if st.empty_since.is_none() {
+            st.empty_since = Some(Instant::now());
+        }
+    }
+
     /// Closes the room for good, kicks everyone with `code`, and frees its
     /// history: a move that landed (4001), node shutdown (1001), a fence.
     pub fn close_all(&self, code: u16) {
