@@ -15,6 +15,9 @@
 //!    above their share, across rooms, until it is back at a low-water mark
 //!    (7/8). So a new room on a full node keeps its history, and so does a
 //!    quiet room next to a busy one.
+//! 5. At the budget itself (every room near its share, so the sweep found
+//!    little to take), a room above its share gives up its own oldest
+//!    events for its newest.
 //!
 //! Locking: a room's history lives under the room's lock, which stays the
 //! only lock a publish takes. The node-wide part is an atomic byte counter
@@ -63,6 +66,11 @@ impl Evicted {
             Evicted::HistoryBytes => "history_bytes",
             Evicted::Full => "full",
         }
+    }
+
+    /// Its place in [`Evicted::ALL`].
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -144,15 +152,16 @@ pub struct Pool {
     rooms: AtomicUsize,
     registry: Mutex<HashMap<u64, Weak<dyn Holder>>>,
     metrics: HistoryMetrics,
+    /// `metrics.evicted` by [`Evicted::index`], looked up once: a labelled
+    /// lookup takes the vector's lock, and evictions happen on publishes.
+    evicted: [IntCounter; 3],
 }
 
 impl Pool {
     /// A budget of `history_bytes` for the whole node, and of
     /// `history_events` for each room.
     pub fn new(history_events: usize, history_bytes: usize, metrics: HistoryMetrics) -> Pool {
-        for why in Evicted::ALL {
-            metrics.evicted(why);
-        }
+        let evicted = Evicted::ALL.map(|why| metrics.evicted(why));
         metrics.share.set(gauge(history_bytes));
         Pool {
             limit: history_bytes,
@@ -167,6 +176,7 @@ impl Pool {
             rooms: AtomicUsize::new(0),
             registry: Mutex::new(HashMap::new()),
             metrics,
+            evicted,
         }
     }
 
@@ -331,7 +341,7 @@ impl History {
         }
         let cost = cost(&event);
         if cost > pool.limit {
-            pool.metrics.evicted(Evicted::Full).inc();
+            pool.evicted[Evicted::Full.index()].inc();
             return;
         }
         let mut swept = false;
@@ -354,7 +364,7 @@ impl History {
             // ...or, if they were busy, it too keeps its newest at the cost
             // of its oldest.
             if self.events.is_empty() {
-                pool.metrics.evicted(Evicted::Full).inc();
+                pool.evicted[Evicted::Full.index()].inc();
                 return;
             }
             self.evict_front(if within {
@@ -451,7 +461,7 @@ impl History {
         let c = cost(&old.event);
         self.bytes -= c;
         self.pool.release(c);
-        self.pool.metrics.evicted(why).inc();
+        self.pool.evicted[why.index()].inc();
         c
     }
 }
@@ -518,7 +528,7 @@ mod tests {
     }
 
     fn evicted(pool: &Pool, why: Evicted) -> u64 {
-        pool.metrics.evicted(why).get()
+        pool.evicted[why.index()].get()
     }
 
     /// What one message of `text_len` bytes costs.
