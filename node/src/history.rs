@@ -330,7 +330,8 @@ impl History {
     }
 
     /// Keeps `event` as the newest, within the room's count and the node's
-    /// bytes (see the module's policy). Events are appended in seq order.
+    /// bytes (see the module's policy). Events come in rising seq order
+    /// (the room's lock orders them), which replay relies on.
     pub fn append(&mut self, event: Arc<Event>) {
         let pool = self.pool.clone();
         if self.released || pool.per_room == 0 {

@@ -141,8 +141,9 @@ impl Room {
 
     /// The room another node handed over: its incarnation, its seq and its
     /// retained history, so that resuming clients see `recovered: true`.
-    /// Events that do not parse, or claim a seq past the handoff's, are
-    /// dropped (the sender's history is trusted no further than that).
+    /// Events that do not parse, claim a seq past the handoff's, or are not
+    /// in rising seq order are dropped (the sender's history is trusted no
+    /// further than that; replay relies on the order).
     ///
     /// It does not settle the pool (it is built under the placement lock);
     /// its first member's join does.
@@ -155,13 +156,15 @@ impl Room {
         );
         {
             let mut st = room.state.lock();
+            let mut last = 0;
             for json in &handoff.events {
                 let Ok(event) = serde_json::from_str::<ServerEvent>(json) else {
                     continue;
                 };
-                let Some(seq) = event.seq().filter(|s| *s <= handoff.seq) else {
+                let Some(seq) = event.seq().filter(|s| *s <= handoff.seq && *s > last) else {
                     continue;
                 };
+                last = seq;
                 st.history
                     .append(Event::from_json(seq, event.kind(), json.clone()));
             }
@@ -569,6 +572,46 @@ pub(crate) mod tests {
         // All of it is still there, in fact: the busy rooms' oldest went.
         assert_eq!(new.state.lock().history.oldest_seq(), Some(1));
         assert!(e.history.used() <= 64 << 10);
+    }
+
+    /// A handoff's events are kept only in rising seq order and up to its
+    /// seq: replay and `recovered` rely on the order.
+    #[test]
+    fn a_handoff_keeps_only_rising_seqs_up_to_its_own() {
+        let msg = |seq| {
+            ServerEvent::Message {
+                meeting_id: "h".into(),
+                seq,
+                from: "u".into(),
+                text: "t".into(),
+                ts: 0,
+            }
+            .to_json()
+        };
+        let handoff = Handoff {
+            meeting_id: "h".into(),
+            room: "0123456789abcdef".into(),
+            seq: 6,
+            events: vec![
+                msg(3),
+                msg(2),
+                "not json".into(),
+                msg(4),
+                msg(4),
+                msg(6),
+                msg(9),
+            ],
+        };
+        let room = Room::from_handoff(meeting("h"), env(1 << 20), &handoff);
+        let seqs: Vec<u64> = room
+            .state
+            .lock()
+            .history
+            .all()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![3, 4, 6]);
     }
 
     /// A message that overflows slow members takes its seq before their
