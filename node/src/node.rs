@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::claim::{self, CLAIM_DEADLINE};
-use crate::history::Budget;
+use crate::history::Pool;
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::params::routed_by;
@@ -72,10 +72,10 @@ impl Node {
         let ownership = Ownership::new(&id);
         let env = RoomEnv {
             node_id: id.clone(),
-            history_events: settings.history_events,
-            budget: Arc::new(Budget::new(
+            history: Arc::new(Pool::new(
+                settings.history_events,
                 settings.history_bytes,
-                metrics.history_bytes.clone(),
+                metrics.history(),
             )),
             metrics: metrics.clone(),
             lease: ownership.lease.clone(),
