@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod process;
+pub mod raw;
 pub mod reconnect;
 pub mod sse;
 pub mod traffic;
