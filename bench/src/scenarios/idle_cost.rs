@@ -71,6 +71,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                 "proxy_bytes_per_conn": per(rss_delta_bytes(&r, &front.pids)),
                 "nodes_bytes_per_conn": per(rss_delta_bytes(&r, &node_pids)),
                 "proxy_processes": front.pids.len(),
+                "loadgen_cpu_share": f(&r, "loadgen_cpu_share"),
                 "processes": r["processes"].clone(),
             }));
             drop(front);
