@@ -52,7 +52,9 @@ pub async fn and_close<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
         return;
     }
     let _ = tokio::time::timeout(LINGER, async {
-        let mut sink = [0u8; 4096];
+        // On the heap: a buffer on the stack would be kept in the future
+        // of every connection that may refuse, refused or not.
+        let mut sink = vec![0u8; 4096];
         let mut left = LINGER_BYTES;
         while left > 0 {
             match stream.read(&mut sink).await {
