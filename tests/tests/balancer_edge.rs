@@ -467,3 +467,30 @@ async fn two_thousand_websockets_exchange_100_messages_each_with_none_lost() {
     }
     assert_eq!(delivered, MEETINGS * 2 * 2 * MESSAGES);
 }
+
+/// SIGTERM: the balancer stops listening, ends its open tunnels (the
+/// client sees its connection end) and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_tunnels_and_exits() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let url = cluster.balancer.ws_url("meeting_id=bye&user=a");
+    let mut client = WsClient::connect(&url).await.expect("connect");
+    client.recv_type("join").await.expect("own join");
+    cluster
+        .balancer
+        .proc
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    let (ended, _) = client.until_end(WITHIN).await.expect("the tunnel ends");
+    assert_eq!(ended, roompin_tests::ws::Ended::Dropped);
+    let status = cluster
+        .balancer
+        .proc
+        .wait_exit(WITHIN)
+        .await
+        .expect("the balancer exits");
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        cluster.balancer.proc.logs()
+    );
+}
