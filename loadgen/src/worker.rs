@@ -93,7 +93,13 @@ pub async fn run(ctx: Arc<Ctx>, mode: &Mode) -> anyhow::Result<Partial> {
         ctx.errors
             .note("the run overran its hard end and was cut off");
     }
-    own_cpu.abort();
+    // The window CPU is read at the drain's end, which the work may have
+    // passed only just: give the reading its moment (bounded all the same).
+    let _ = tokio::time::timeout_at(
+        (ctx.timeline.drain_end + Duration::from_secs(1)).into(),
+        own_cpu,
+    )
+    .await;
     partial(&ctx, mode)
 }
 
