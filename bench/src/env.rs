@@ -121,6 +121,13 @@ impl Env {
         })
     }
 
+    /// Worker processes or threads of each proxy: one per server core, as
+    /// nginx's `worker_processes auto` and HAProxy's default `nbthread`
+    /// choose. More workers than cores only make them take turns.
+    pub fn proxy_workers(&self) -> usize {
+        self.cpus.server.len().max(1)
+    }
+
     /// Starts `cmd` pinned to `side`'s cores (threads and children inherit
     /// them: nginx's workers, the loadgen's workers).
     pub fn pin(&self, cmd: &mut Command, side: Side) {

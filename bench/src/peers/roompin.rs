@@ -115,6 +115,7 @@ impl Balancer {
         let mut cmd = Command::new(env.bin("roompin-balancer"));
         cmd.arg("--config")
             .arg(&config.path)
+            .args(["--threads", &env.proxy_workers().to_string()])
             .env("RUST_LOG", "warn");
         env.pin(&mut cmd, Side::Server);
         let mut proc = Proc::spawn(name, cmd, &env.dir("logs")?)?;

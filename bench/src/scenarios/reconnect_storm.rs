@@ -33,8 +33,8 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                         .await?
                         .front()
                 }
-                "nginx" => nginx::start(env, &addrs, 2).await?,
-                _ => haproxy::start(env, &addrs, 2).await?,
+                "nginx" => nginx::start(env, &addrs, env.proxy_workers()).await?,
+                _ => haproxy::start(env, &addrs, env.proxy_workers()).await?,
             };
             let node_pids: Vec<u32> = nodes.iter().map(|n| n.proc.pid()).collect();
             let mut a = args(&["--per-room", "1", "--gap", gap, "--connect-timeout", "30s"]);
@@ -110,7 +110,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         );
     }
     Ok(json!({
-        "params": { "conns": conns, "nodes": 3, "rounds": rounds, "ramp_per_sec": ramp, "gap": gap, "window": duration, "proxy_threads_or_workers": 2 },
+        "params": { "conns": conns, "nodes": 3, "rounds": rounds, "ramp_per_sec": ramp, "gap": gap, "window": duration, "proxy_threads_or_workers": env.proxy_workers() },
         "runs": runs,
         "summary": summary,
     }))
