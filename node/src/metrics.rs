@@ -33,6 +33,13 @@ pub struct Metrics {
     pub relayed: IntCounterVec,
     pub fenced: IntGauge,
     pub task_panics: IntCounterVec,
+    // What facing the internet costs (docs/SECURITY.md).
+    pub auth_failures: IntCounterVec,
+    pub limit_refusals: IntCounterVec,
+    pub rate_limited: IntCounter,
+    pub http_timeouts: IntCounterVec,
+    pub sockets: IntGauge,
+    pub socket_evictions: IntCounter,
 }
 
 impl Metrics {
@@ -121,6 +128,33 @@ impl Metrics {
                 "Tasks that panicked, by task (websocket, writer, connection, reaper, mover, fence, signals); each is also logged at error",
                 &["task"]
             )?,
+            auth_failures: register_int_counter_vec!(
+                "roompin_node_auth_failures_total",
+                "Member requests refused for their join token (401, 403), by reason",
+                &["reason"]
+            )?,
+            limit_refusals: register_int_counter_vec!(
+                "roompin_node_limit_refusals_total",
+                "Requests refused with 503 at a limit, by limit (connections, rooms, sockets)",
+                &["limit"]
+            )?,
+            rate_limited: register_int_counter!(
+                "roompin_node_rate_limited_total",
+                "Client WebSocket frames over the client's rate limit (messages not published, pings counted)"
+            )?,
+            http_timeouts: register_int_counter_vec!(
+                "roompin_node_http_timeouts_total",
+                "HTTP connections or requests cut at a deadline, by phase (head, body, keep_alive)",
+                &["phase"]
+            )?,
+            sockets: register_int_gauge!(
+                "roompin_node_sockets",
+                "TCP connections held, of any kind (HTTP, WebSocket, SSE), against max_sockets"
+            )?,
+            socket_evictions: register_int_counter!(
+                "roompin_node_socket_evictions_total",
+                "Connections with no request in flight closed at max_sockets to make room for a new one"
+            )?,
         }
         .with_labels_at_zero())
     }
@@ -134,6 +168,15 @@ impl Metrics {
         }
         for outcome in ["create", "relay", "await_handoff", "retry"] {
             self.claim_rounds.with_label_values(&[outcome]);
+        }
+        for phase in crate::deadline::PHASES {
+            self.http_timeouts.with_label_values(&[phase]);
+        }
+        for failure in roompin_shared::auth::Failure::ALL {
+            self.auth_failures.with_label_values(&[failure.label()]);
+        }
+        for limit in crate::guard::LIMITS {
+            self.limit_refusals.with_label_values(&[limit]);
         }
         self
     }
