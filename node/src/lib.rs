@@ -54,6 +54,8 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
     }
     let room_idle = Duration::from_millis(settings.room_idle_ms);
     let (node, move_orders) = node::Node::new(id, listen, settings, metrics);
+    // Loads the [auth] keys: a bad key file stops the node here.
+    let guard = guard::Guard::new(node.clone())?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -77,7 +79,6 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
 
     // Outermost last: the body deadline, then the HTTP rules, then the
     // token and limits of the member routes.
-    let guard = guard::Guard::new(node.clone())?;
     let body_deadline = Arc::new(deadline::BodyDeadline {
         timeout: limits::ms(node.settings.request_body_timeout_ms),
         metrics: node.metrics.clone(),

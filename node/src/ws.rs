@@ -40,6 +40,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The same once the node is stopping: it waits for all sessions at most
 /// 5 s, and the writer may need up to `CLOSE_TIMEOUT` to send the close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long a client that broke a rule may go on sending, unread, while
+/// its close goes out.
+const LINGER: Duration = Duration::from_secs(1);
 /// How long the writer may take to finish once the reader is done.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
 
@@ -363,6 +366,17 @@ where
         }
         ReadEnd::Violation(code) => {
             kick.kick(code);
+            // Read on, discarding, while the close goes out: frames the
+            // client sent after the one at fault (a flood), left unread,
+            // would reset the connection before the client reads our close.
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if frame.is_close() {
+                        break;
+                    }
+                }
+            })
+            .await;
             None
         }
         ReadEnd::Vanished => {

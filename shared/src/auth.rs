@@ -26,10 +26,14 @@ use crate::config::AuthConfig;
 use crate::meeting_id::query_param;
 use crate::protocol::check_user;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// The algorithms of [`mint_with_pem`], for callers that do not depend on
+/// jsonwebtoken themselves.
+pub use jsonwebtoken::Algorithm;
 
 /// The query parameter that carries a token.
 pub const TOKEN_PARAM: &str = "token";
