@@ -1,16 +1,27 @@
-//! `roompin-balancer` as a library: the Pingora proxy, membership and
-//! health, view pushes, config reloads and the admin endpoints. The binary
-//! (`main.rs`) only parses the command line and calls [`run`]. See
-//! docs/ARCHITECTURE.md.
+//! `roompin-balancer` as a library: the public listener (the front app,
+//! its WebSocket tunnels, and the Pingora proxy for everything else),
+//! membership and health, view pushes, config reloads and the admin
+//! endpoints. The binary (`main.rs`) only parses the command line and calls
+//! [`run`]. See docs/ARCHITECTURE.md.
 
 pub mod admin;
+pub mod front;
+pub mod head;
 pub mod health;
 pub mod metrics;
+pub mod outcome;
 pub mod page;
 pub mod proxy;
 pub mod push;
+pub mod read_head;
 pub mod reload;
+pub mod replay;
+pub mod respond;
+pub mod route;
 pub mod routing;
+pub mod tunnel;
+pub mod tunnels;
+pub mod websocket;
 
 use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -74,18 +85,24 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
         membership: membership.clone(),
         metrics: metrics.clone(),
     };
-    let mut public = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy,
-        "roompin public",
-    );
-    // No L4 read buffer on client connections: Pingora's default is 64 KiB
-    // per connection, zeroed at accept, which an idle WebSocket never needs
-    // (the HTTP parser and the tunnel read into buffers of their own).
+    // The tunnels by upstream. `Tunnels::cut_upstream` ends a node's
+    // tunnels; nothing calls it yet.
+    let tunnels = Arc::new(tunnels::Tunnels::default());
+    let front = front::Front {
+        http: Arc::new(pingora::proxy::http_proxy(&server.configuration, proxy)),
+        membership: membership.clone(),
+        metrics: metrics.clone(),
+        tunnels,
+    };
+    let mut public = Service::new("roompin public".to_owned(), front);
+    // No L4 buffers on client connections. Pingora's default read buffer
+    // is 64 KiB per connection, zeroed at accept, and its write buffer
+    // 1460 B; an idle WebSocket needs neither (heads are read into buffers
+    // of their own, and a tunnel copies through a per-thread scratch).
     // roompin-bench's idle scenario measured ~60 KiB of RSS per proxied
-    // WebSocket with it. Upstream connections are unbuffered already.
+    // WebSocket with them under Pingora's HTTP tunnel.
     public.add_listener(
-        ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
+        ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
     );
 
     let admin = admin::Admin {

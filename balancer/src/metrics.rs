@@ -110,3 +110,14 @@ impl Metrics {
         self
     }
 }
+
+#[cfg(test)]
+impl Metrics {
+    /// The process's one registration, shared by every unit test (the
+    /// default registry refuses a second one).
+    pub fn for_tests() -> Metrics {
+        static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+        M.get_or_init(|| Metrics::register().expect("the first registration"))
+            .clone()
+    }
+}

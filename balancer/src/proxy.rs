@@ -1,10 +1,12 @@
-//! The public listener: a Pingora `ProxyHttp` that pins every meeting to
-//! its owner node.
+//! Everything on the public listener but a WebSocket upgrade (which the
+//! front tunnels itself, `websocket.rs`): a Pingora `ProxyHttp` that pins
+//! SSE streams and publishes to their meeting's owner node, and serves the
+//! page and the 404s.
 //!
 //! `request_filter` validates the meeting id (with the same code the nodes
-//! use) and picks the owner from the routing snapshot; nothing is proxied
-//! for a bad request. A refused connection marks the node suspect and the
-//! request is retried on the next owner of the ring without it.
+//! use, through `route.rs`) and picks the owner from the routing snapshot;
+//! nothing is proxied for a bad request. A refused connection marks the
+//! node suspect and the request is retried on the next owner of the ring.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,47 +18,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
+use crate::outcome::Outcome;
 use crate::page;
+use crate::route::{self, Plan, Route};
 use crate::routing::Membership;
 use roompin_shared::control::{BALANCER_HEADER, EPOCH_HEADER, SKIPPED_HEADER};
-use roompin_shared::meeting_id::query_param;
-use roompin_shared::protocol::MEETING_PARAM;
-use roompin_shared::{MeetingId, Member};
+use roompin_shared::Member;
 
 /// Connecting to a node on the same network should take milliseconds; a
 /// node that does not answer in this time is treated like one that refused.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    WebSocket,
-    Sse,
-    Messages,
-    Page,
-    Other,
-}
-
-impl Route {
-    fn of(path: &str) -> Route {
-        match path {
-            "/websocket" => Route::WebSocket,
-            "/sse" => Route::Sse,
-            "/messages" => Route::Messages,
-            "/" | "/index.html" => Route::Page,
-            _ => Route::Other,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Route::WebSocket => "websocket",
-            Route::Sse => "sse",
-            Route::Messages => "messages",
-            Route::Page => "page",
-            Route::Other => "other",
-        }
-    }
-}
 
 pub struct Proxy {
     pub membership: Arc<Membership>,
@@ -66,13 +37,11 @@ pub struct Proxy {
 /// Per-request state.
 pub struct Ctx {
     route: Route,
-    meeting: Option<MeetingId>,
+    plan: Option<Plan>,
     upstream: Option<Member>,
     epoch: u64,
     /// Nodes that refused this request, skipped on retry.
     refused: Vec<String>,
-    /// The hashed parameter is not `meeting_id`: add `meeting_id` upstream.
-    forward_meeting: bool,
     /// Counted in a per-upstream gauge until `logging`.
     open_gauge: Option<&'static str>,
     started: Instant,
@@ -85,11 +54,10 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             route: Route::Other,
-            meeting: None,
+            plan: None,
             upstream: None,
             epoch: 0,
             refused: Vec::new(),
-            forward_meeting: false,
             open_gauge: None,
             started: Instant::now(),
         }
@@ -114,37 +82,16 @@ impl ProxyHttp for Proxy {
             _ => {}
         }
         let routing = self.membership.routing();
-        let meeting = match MeetingId::from_query(uri.query(), &routing.config.hash_param) {
-            Ok(m) => m,
-            Err(e) => {
-                respond(session, 400, &format!("{e}\n")).await?;
+        let plan = match route::plan(&routing, uri.query()) {
+            Ok(p) => p,
+            Err(r) => {
+                respond(session, r.status, &r.reason).await?;
                 return Ok(true);
             }
         };
-        // Nodes read `meeting_id`. When the balancer hashes another
-        // parameter, it passes the value on under that name, and refuses a
-        // request whose own `meeting_id` says something else.
-        if routing.config.hash_param != MEETING_PARAM {
-            match query_param(uri.query(), MEETING_PARAM) {
-                Ok(None) => ctx.forward_meeting = true,
-                Ok(Some(m)) if m == meeting.as_str() => {}
-                _ => {
-                    let reason = format!(
-                        "`{MEETING_PARAM}` and `{}` disagree\n",
-                        routing.config.hash_param
-                    );
-                    respond(session, 400, &reason).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        let Some(owner) = routing.owner(meeting.as_str()) else {
-            respond(session, 503, "no healthy chat node: try again shortly\n").await?;
-            return Ok(true);
-        };
-        ctx.upstream = Some(owner.clone());
-        ctx.epoch = routing.epoch;
-        ctx.meeting = Some(meeting);
+        ctx.upstream = Some(plan.owner.clone());
+        ctx.epoch = plan.epoch;
+        ctx.plan = Some(plan);
         if matches!(ctx.route, Route::WebSocket | Route::Sse) {
             // Pingora's default 60 s downstream read timeout also applies to
             // upgraded and streaming connections. They live for hours; the
@@ -156,16 +103,11 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if !ctx.refused.is_empty() {
-            // A retry: the next owner on the ring without the refusing nodes.
+        if let (false, Some(plan)) = (ctx.refused.is_empty(), &ctx.plan) {
+            // A retry: the next candidate of the ring that has not refused.
             let routing = self.membership.routing();
-            let meeting = ctx
-                .meeting
-                .as_ref()
-                .map(MeetingId::as_str)
-                .unwrap_or_default();
-            let ring = routing.owners.without(|m| ctx.refused.contains(&m.id));
-            ctx.upstream = ring.owner(meeting).cloned();
+            ctx.upstream =
+                route::next_owner(&routing, plan.meeting.as_str(), &ctx.refused).cloned();
             ctx.epoch = routing.epoch;
         }
         let Some(upstream) = &ctx.upstream else {
@@ -185,17 +127,14 @@ impl ProxyHttp for Proxy {
         request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (true, Some(meeting)) = (ctx.forward_meeting, &ctx.meeting) {
-            let uri = &request.uri;
-            // A meeting id is unreserved characters only: no escaping needed.
-            let forwarded = format!(
-                "{}?{}&{MEETING_PARAM}={meeting}",
-                uri.path(),
-                uri.query().unwrap_or("")
-            );
-            let uri = forwarded
+        if let Some(plan) = &ctx.plan {
+            // Origin-form to the node, also for an absolute-form request
+            // (`GET http://host/sse?...`), plus `meeting_id` if the
+            // balancer hashed another parameter.
+            let target = route::upstream_target(request.uri.path(), request.uri.query(), plan);
+            let uri = target
                 .parse()
-                .map_err(|e| Error::because(ErrorType::InternalError, "rewriting the query", e))?;
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewriting the target", e))?;
             request.set_uri(uri);
         }
         let routing = self.membership.routing();
@@ -264,12 +203,21 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut Ctx,
     ) -> pingora::proxy::FailToProxy {
+        let malformed = matches!(e.etype().as_str(), "InvalidChunk" | "InvalidHTTPHeader");
         let code = match e.esource() {
             pingora::ErrorSource::Upstream => 502,
+            // A body that is not what its head says (a malformed chunk):
+            // the client's fault, and it gets told.
+            pingora::ErrorSource::Downstream if malformed => 400,
             pingora::ErrorSource::Downstream => 0,
             _ => 500,
         };
-        if code > 0 {
+        if code == 400 {
+            if session.response_written().is_none() {
+                let reason = format!("malformed request body: {}\n", e.etype().as_str());
+                let _ = respond(session, 400, &reason).await;
+            }
+        } else if code > 0 {
             if let Some(upstream) = &ctx.upstream {
                 self.metrics
                     .upstream_errors
@@ -290,12 +238,6 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.metrics
-            .requests
-            .with_label_values(&[ctx.route.label(), &status.to_string()])
-            .inc();
-        let upstream = ctx.upstream.as_ref().map(|u| u.id.as_str()).unwrap_or("-");
         if let (Some(kind), Some(u)) = (ctx.open_gauge.take(), &ctx.upstream) {
             let gauge = if kind == "websocket" {
                 &self.metrics.connections
@@ -304,17 +246,14 @@ impl ProxyHttp for Proxy {
             };
             gauge.with_label_values(&[&u.id]).dec();
         }
-        if ctx.route != Route::Page {
-            tracing::info!(
-                route = ctx.route.label(),
-                meeting = ctx.meeting.as_ref().map(MeetingId::as_str).unwrap_or("-"),
-                node = upstream,
-                status,
-                secs = ctx.started.elapsed().as_secs_f64(),
-                error = e.map(|e| e.to_string()),
-                "request done"
-            );
-        }
+        let outcome = Outcome {
+            route: ctx.route,
+            meeting: ctx.plan.as_ref().map(|p| p.meeting.as_str().to_owned()),
+            node: ctx.upstream.as_ref().map(|u| u.id.clone()),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            started: ctx.started,
+        };
+        outcome.record(&self.metrics, e.map(|e| e.to_string()).as_deref());
     }
 }
 

@@ -28,6 +28,8 @@ pub struct ViewPusher {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Nodes with a push out: not pushed to again until it ends.
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// The last epoch whose moves were summed up in the log.
+    logged_epoch: Arc<Mutex<u64>>,
 }
 
 impl ViewPusher {
@@ -40,6 +42,7 @@ impl ViewPusher {
             metrics,
             client: Client::builder(TokioExecutor::new()).build(connector),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
+            logged_epoch: Arc::new(Mutex::new(0)),
         }
     }
 
@@ -68,6 +71,7 @@ impl ViewPusher {
         };
         let body = Bytes::from(body);
         let targets: Vec<Member> = view.members.iter().chain(&view.departed).cloned().collect();
+        let mut round = Vec::new();
         for target in targets {
             if !self.in_flight.lock().insert(target.id.clone()) {
                 continue;
@@ -79,26 +83,53 @@ impl ViewPusher {
                 self.in_flight.clone(),
             );
             let (body, token, epoch) = (body.clone(), token.clone(), view.epoch);
-            tokio::spawn(async move {
+            round.push(tokio::spawn(async move {
                 let started = Instant::now();
                 let outcome = push(&client, &target.addr, body, token.as_deref()).await;
                 in_flight.lock().remove(&target.id);
-                let outcome = match outcome {
+                let (outcome, moving) = match outcome {
                     Ok(ack) => {
                         metrics.view_pushes.with_label_values(&["ok"]).inc();
                         metrics.rooms_moved.inc_by(ack.moving);
                         if ack.moving > 0 {
-                            tracing::info!(upstream = %target.id, epoch, moving = ack.moving, "node is handing rooms over");
+                            tracing::debug!(upstream = %target.id, epoch, moving = ack.moving, "node is handing rooms over");
                         }
-                        PushOutcome::Applied
+                        (PushOutcome::Applied, Some(ack.moving))
                     }
                     Err(outcome) => {
                         metrics.view_pushes.with_label_values(&["error"]).inc();
                         tracing::debug!(upstream = %target.id, epoch, ?outcome, "view push failed");
-                        outcome
+                        (outcome, None)
                     }
                 };
                 membership.record_push(&target.id, started, &outcome);
+                moving
+            }));
+        }
+        // The first round of a new epoch: sum up what it moved, once.
+        let logged = self.logged_epoch.clone();
+        let first = {
+            let mut last = logged.lock();
+            let first = view.epoch > *last;
+            *last = (*last).max(view.epoch);
+            first
+        };
+        if first {
+            let (epoch, nodes) = (view.epoch, round.len());
+            tokio::spawn(async move {
+                let answers = futures_util::future::join_all(round).await;
+                let moving: u64 = answers
+                    .iter()
+                    .filter_map(|a| a.as_ref().ok().copied().flatten())
+                    .sum();
+                let answered = answers.iter().filter(|a| matches!(a, Ok(Some(_)))).count();
+                tracing::info!(
+                    epoch,
+                    rooms_moving = moving,
+                    answered,
+                    nodes,
+                    "membership change pushed"
+                );
             });
         }
     }

@@ -325,9 +325,10 @@ impl Membership {
     /// and shows in `/ring` and `roompin_balancer_upstream_control_ok`.
     pub fn record_push(&self, id: &str, started: Instant, outcome: &PushOutcome) {
         let mut inner = self.inner.lock();
+        // A first push that fails is a change worth a log line too.
         let track = inner.pushes.entry(id.to_owned()).or_insert(PushTrack {
             renewed: None,
-            failing: Some("no push yet".into()),
+            failing: None,
         });
         let failing = match outcome {
             PushOutcome::Applied => None,

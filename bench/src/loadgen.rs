@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::env::Env;
+use crate::env::{Env, Side};
 use crate::procs::Proc;
 
 /// One loadgen run: `mode`, target and extra arguments. Returns the result.
@@ -30,6 +30,7 @@ pub async fn run(
         .arg("--out")
         .arg(&out)
         .args(args);
+    env.pin(&mut cmd, Side::Client);
     let mut proc = Proc::spawn(&format!("loadgen-{name}"), cmd, &dir)?;
     // Every loadgen phase is bounded by time; this is a backstop.
     let status = proc.wait(Duration::from_secs(600)).await?;

@@ -1,4 +1,4 @@
-//! roompin-bench: runs the five scenarios of docs/BENCHMARKS.md against
+//! roompin-bench: runs the six scenarios of docs/BENCHMARKS.md against
 //! roompin and its peers (nginx, HAProxy, Socket.IO, ws), alternating the
 //! systems, and writes bench/results/<date>.json, the tables in
 //! docs/BENCHMARKS.md and the plot docs/benchmarks.svg.
@@ -20,11 +20,12 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "ring",
     "proxy_overhead",
     "fanout",
     "idle_cost",
+    "reconnect_storm",
     "membership",
 ];
 
@@ -39,7 +40,7 @@ struct Cli {
     #[arg(long)]
     smoke: bool,
     /// Run only these scenarios (comma-separated): ring, proxy_overhead,
-    /// fanout, idle_cost, membership.
+    /// fanout, idle_cost, reconnect_storm, membership.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The repository (default: where this crate was built from).
@@ -179,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "proxy_overhead" => scenarios::proxy_overhead::run(&env).await,
             "fanout" => scenarios::fanout::run(&env).await,
             "idle_cost" => scenarios::idle_cost::run(&env).await,
+            "reconnect_storm" => scenarios::reconnect_storm::run(&env).await,
             _ => scenarios::membership::run(&env).await,
         };
         let secs = t.elapsed().as_secs_f64();

@@ -73,6 +73,21 @@ fn thousands(x: f64) -> String {
     }
 }
 
+/// "0" or "0, 1" for a list of CPUs.
+fn cpus(v: &Value) -> String {
+    let list: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c.to_string())
+        .collect();
+    if list.is_empty() {
+        "?".into()
+    } else {
+        list.join(", ")
+    }
+}
+
 /// "(load average 1.2 → 2.3)" for a scenario's heading.
 fn load(v: &Value) -> String {
     match v["loadavg_1min"].as_array().map(|a| a.as_slice()) {
@@ -126,22 +141,73 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
     );
     let _ = writeln!(o, "![p99 against load, per system](benchmarks.svg)\n");
 
+    let mut client_bound_notes: Vec<String> = Vec::new();
     let px = &sc["proxy_overhead"];
     if px["summary"].is_object() {
         let fx = &px["summary"]["fixed"];
         let mr = &px["summary"]["max_rate"];
         let _ = writeln!(o, "### 1. Proxy overhead{}\n", load(px));
-        let _ = writeln!(o, "Round trips through rooms of one at {} round trips/s ({} connections × {}/s), median of {} alternating rounds of {} each:\n",
-            thousands(f(px, "params.fixed.offered_per_sec")), f(px, "params.fixed.conns"), f(px, "params.fixed.rate_per_conn"), f(px, "params.fixed.rounds"), px["params"]["fixed"]["duration"].as_str().unwrap_or("?"));
-        let _ = writeln!(o, "| system | p50 ms | p99 ms | p99.9 ms | p99 spread over rounds | lost | p99 vs nginx | proxy CPU µs / round trip | max rate (p99 ≤ 10 ms), median of rounds | each round | max rate vs nginx |");
+        let _ = writeln!(o, "Round trips through rooms of one at {} round trips/s ({} connections × {}/s), median of {} alternating rounds of {} each. Proxies and nodes on CPU {}, the loadgen on CPU {}; the CPU shares are of those cores over the window:\n",
+            thousands(f(px, "params.fixed.offered_per_sec")), f(px, "params.fixed.conns"), f(px, "params.fixed.rate_per_conn"), f(px, "params.fixed.rounds"), px["params"]["fixed"]["duration"].as_str().unwrap_or("?"),
+            cpus(&px["params"]["server_cpus"]), cpus(&px["params"]["client_cpus"]));
+        let _ = writeln!(o, "| system | p50 ms | p99 ms | p99.9 ms | p99 spread over rounds | lost | p99 vs nginx | p99 vs HAProxy | proxy CPU µs / round trip | CPU vs nginx | CPU vs HAProxy | servers' CPU share | loadgen CPU share |");
         let _ = writeln!(
             o,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         let nginx_p99 = f(fx, "nginx.p99_us");
-        let nginx_max = f(mr, "nginx.max_delivered_per_sec");
+        let haproxy_p99 = f(fx, "haproxy.p99_us");
+        let cpu_of = |s: &str| -> f64 {
+            // The proxy's own CPU per round trip at the fixed rate (window
+            // and drain over the round trips sent), median of the rounds.
+            median_of(
+                px["fixed_runs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["system"] == s && f(&r["result"], "sent") > 0.0)
+                    .map(|r| f(&r["result"], "proxy_cpu_seconds") / f(&r["result"], "sent") * 1e6)
+                    .collect(),
+            )
+        };
+        let (nginx_cpu, haproxy_cpu) = (cpu_of("nginx"), cpu_of("haproxy"));
         for s in ["roompin", "nginx", "haproxy", "direct"] {
             let x = &fx[s];
+            let (cpu, vs_n, vs_h) = if s == "direct" {
+                ("–".to_owned(), "–".to_owned(), "–".to_owned())
+            } else {
+                let c = cpu_of(s);
+                (
+                    format!("{c:.0}"),
+                    ratio(c, nginx_cpu),
+                    ratio(c, haproxy_cpu),
+                )
+            };
+            let _ = writeln!(
+                o,
+                "| {s} | {} | {} | {} | {:.0}% | {} | {} | {} | {cpu} | {vs_n} | {vs_h} | {:.0}% | {:.0}%{} |",
+                ms(f(x, "p50_us")),
+                ms(f(x, "p99_us")),
+                ms(f(x, "p999_us")),
+                f(x, "p99_spread") * 100.0,
+                f(x, "lost"),
+                ratio(f(x, "p99_us"), nginx_p99),
+                ratio(f(x, "p99_us"), haproxy_p99),
+                f(x, "server_cpu_share") * 100.0,
+                f(x, "loadgen_cpu_share") * 100.0,
+                if f(x, "client_bound_runs") > 0.0 { " (client-bound)" } else { "" },
+            );
+        }
+        let _ = writeln!(o, "\nMax rate (p99 ≤ 10 ms, the offered rate rising ×{} from {}/s, {} rounds). A limit is *client-bound* when the step that failed had the loadgen at ≥ {:.0}% of its core: then it is the loadgen's limit, not the system's.\n",
+            f(px, "params.ladder.factor"), thousands(f(px, "params.ladder.start_per_sec")), f(px, "params.ladder.rounds"), f(px, "params.client_bound_share") * 100.0);
+        let _ = writeln!(
+            o,
+            "| system | max rate, median of rounds | each round | vs nginx | vs HAProxy | limit |"
+        );
+        let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: | --- |");
+        let nginx_max = f(mr, "nginx.max_delivered_per_sec");
+        let haproxy_max = f(mr, "haproxy.max_delivered_per_sec");
+        for s in ["roompin", "nginx", "haproxy", "direct"] {
             let max = f(mr, &format!("{s}.max_delivered_per_sec"));
             let capped = mr[s]["reached_limit"] == false;
             let rounds: Vec<String> = mr[s]["per_round"]
@@ -150,39 +216,48 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
                 .flatten()
                 .map(|v| thousands(v.as_f64().unwrap_or(0.0)))
                 .collect();
-            // The proxy's own CPU per round trip at the fixed rate (window
-            // and drain over the round trips sent), median of the rounds.
-            let cpu_us: Vec<f64> = px["fixed_runs"]
+            let bound: Vec<String> = mr[s]["limit_client_bound_rounds"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|r| r["system"] == s && f(&r["result"], "sent") > 0.0)
-                .map(|r| f(&r["result"], "proxy_cpu_seconds") / f(&r["result"], "sent") * 1e6)
+                .map(|b| {
+                    if b == true {
+                        "client-bound".to_owned()
+                    } else {
+                        "server".to_owned()
+                    }
+                })
                 .collect();
-            let cpu = if s == "direct" {
-                "–".to_owned()
+            let limit = if capped {
+                "not reached".to_owned()
             } else {
-                format!("{:.0}", median_of(cpu_us))
+                bound.join(", ")
             };
             let _ = writeln!(
                 o,
-                "| {s} | {} | {} | {} | {:.0}% | {} | {} | {cpu} | {}{} | {} | {} |",
-                ms(f(x, "p50_us")),
-                ms(f(x, "p99_us")),
-                ms(f(x, "p999_us")),
-                f(x, "p99_spread") * 100.0,
-                f(x, "lost"),
-                ratio(f(x, "p99_us"), nginx_p99),
+                "| {s} | {}{} | {} | {} | {} | {limit} |",
                 if capped { "≥ " } else { "" },
                 thousands(max),
                 rounds.join(", "),
-                ratio(max, nginx_max)
+                ratio(max, nginx_max),
+                ratio(max, haproxy_max),
             );
         }
         let rp = f(fx, "roompin.p99_us");
         let rmax = f(mr, "roompin.max_delivered_per_sec");
-        let _ = writeln!(o, "\nTargets: roompin's p99 ≤ nginx's: {} ({} vs {} ms); roompin's max rate ≥ nginx's: {} ({} vs {} round trips/s).\n",
-            verdict(rp > 0.0 && rp <= nginx_p99), ms(rp), ms(nginx_p99), verdict(rmax > 0.0 && rmax >= nginx_max), thousands(rmax), thousands(nginx_max));
+        let rcpu = cpu_of("roompin");
+        let max_bound =
+            mr["roompin"]["client_bound"] == true || mr["nginx"]["client_bound"] == true;
+        if max_bound {
+            client_bound_notes.push("the proxy max-rate verdict (roompin's or nginx's limiting step had the loadgen saturated)".into());
+        }
+        if f(fx, "roompin.client_bound_runs") > 0.0 || f(fx, "nginx.client_bound_runs") > 0.0 {
+            client_bound_notes.push("the fixed-rate p99 and CPU verdicts (a fixed-rate round had the loadgen saturated)".into());
+        }
+        let _ = writeln!(o, "\nTargets: roompin's p99 ≤ nginx's: {} ({} vs {} ms); proxy CPU per round trip ≤ 0.8× nginx's: {} ({rcpu:.0} vs {nginx_cpu:.0} µs, {}); max rate ≥ nginx's: {}{} ({} vs {} round trips/s).\n",
+            verdict(rp > 0.0 && rp <= nginx_p99), ms(rp), ms(nginx_p99),
+            verdict(rcpu > 0.0 && rcpu <= 0.8 * nginx_cpu), ratio(rcpu, nginx_cpu),
+            verdict(rmax > 0.0 && rmax >= nginx_max), if max_bound { ", client-bound" } else { "" }, thousands(rmax), thousands(nginx_max));
     }
 
     let fan = &sc["fanout"];
@@ -191,18 +266,25 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
         let _ = writeln!(o, "### 2. Fan-out{}\n", load(fan));
         let _ = writeln!(o, "One room of {} members, one publisher; the rate rises ×{} per step from {} msg/s until p99 passes 50 ms. CPU is the server process's (user + system) over the window and drain, per million chat frames delivered; \"at {} msg/s\" is the highest rate every system passed.\n",
             f(fan, "params.members"), f(fan, "params.factor"), f(fan, "params.start_rate"), f(fan, "summary.common_rate").round());
-        let _ = writeln!(o, "| system | max frames/s (p99 ≤ 50 ms) | at msg/s | p99 ms there | CPU s / M frames there | CPU s / M frames at {} msg/s | loadgen CPU s there | roompin's max vs this |", f(fan, "summary.common_rate").round());
+        let _ = writeln!(o, "| system | max frames/s (p99 ≤ 50 ms) | at msg/s | p99 ms there | CPU s / M frames there | CPU s / M frames at {} msg/s | loadgen CPU s there | loadgen CPU share at the failing step | limit | roompin's max vs this |", f(fan, "summary.common_rate").round());
         let _ = writeln!(
             o,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
         );
         let rmax = f(s, "roompin.max_frames_per_sec");
         for name in ["roompin", "ws", "socketio"] {
             let x = &s[name];
             let capped = x["reached_limit"] == false;
+            let limit = if capped {
+                "not reached"
+            } else if x["client_bound"] == true {
+                "client-bound"
+            } else {
+                "server"
+            };
             let _ = writeln!(
                 o,
-                "| {name} | {}{} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {} |",
+                "| {name} | {}{} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.0}% | {limit} | {} |",
                 if capped { "≥ " } else { "" },
                 thousands(f(x, "max_frames_per_sec")),
                 f(x, "max_at_rate"),
@@ -210,11 +292,22 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
                 f(x, "cpu_seconds_per_million_frames_at_max"),
                 f(x, "cpu_seconds_per_million_frames_at_common_rate"),
                 f(x, "loadgen_cpu_seconds_at_max"),
+                f(x, "limit_loadgen_cpu_share") * 100.0,
                 ratio(rmax, f(x, "max_frames_per_sec"))
             );
         }
         let sio = f(s, "socketio.max_frames_per_sec");
         let wsx = f(s, "ws.max_frames_per_sec");
+        let fan_bound: Vec<&str> = ["roompin", "ws", "socketio"]
+            .into_iter()
+            .filter(|n| s[*n]["client_bound"] == true)
+            .collect();
+        if !fan_bound.is_empty() {
+            client_bound_notes.push(format!(
+                "the fan-out verdicts (client-bound limit for {})",
+                fan_bound.join(", ")
+            ));
+        }
         let _ = writeln!(
             o,
             "\nTargets: ≥ 5× Socket.IO: {} ({}); ≥ 1.5× ws: {} ({}).\n",
@@ -233,24 +326,28 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
             thousands(f(idle, "params.conns")), f(idle, "params.rounds"));
         let _ = writeln!(
             o,
-            "| proxy | connections held | proxy KiB / conn | nodes KiB / conn |"
+            "| proxy | connections held | proxy KiB / conn | vs nginx | vs HAProxy | nodes KiB / conn |"
         );
-        let _ = writeln!(o, "| --- | ---: | ---: | ---: |");
+        let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: | ---: |");
+        let n = f(s, "nginx.proxy_bytes_per_conn");
+        let h = f(s, "haproxy.proxy_bytes_per_conn");
         for name in ["roompin", "nginx", "haproxy"] {
             let x = &s[name];
             let _ = writeln!(
                 o,
-                "| {name} | {} | {:.2} | {:.2} |",
+                "| {name} | {} | {:.2} | {} | {} | {:.2} |",
                 thousands(f(x, "connections_ok")),
                 f(x, "proxy_bytes_per_conn") / 1024.0,
+                ratio(f(x, "proxy_bytes_per_conn"), n),
+                ratio(f(x, "proxy_bytes_per_conn"), h),
                 f(x, "nodes_bytes_per_conn") / 1024.0
             );
         }
         let node = f(s, "roompin.nodes_bytes_per_conn") / 1024.0;
         let b = f(s, "roompin.proxy_bytes_per_conn");
-        let n = f(s, "nginx.proxy_bytes_per_conn");
-        let _ = writeln!(o, "\nTargets: node ≤ 10 KiB/conn: {} ({node:.2} KiB); balancer ≤ nginx: {} ({:.2} vs {:.2} KiB, {}).\n",
-            verdict(node > 0.0 && node <= 10.0), verdict(b > 0.0 && b <= n), b / 1024.0, n / 1024.0, ratio(b, n));
+        let _ = writeln!(o, "\nTargets: node ≤ 10 KiB/conn: {} ({node:.2} KiB); balancer ≤ HAProxy: {} ({:.2} vs {:.2} KiB, {}); balancer < nginx: {} ({:.2} vs {:.2} KiB, {}).\n",
+            verdict(node > 0.0 && node <= 10.0), verdict(b > 0.0 && b <= h), b / 1024.0, h / 1024.0, ratio(b, h),
+            verdict(b > 0.0 && b < n), b / 1024.0, n / 1024.0, ratio(b, n));
     }
 
     let mb = &sc["membership"];
@@ -340,6 +437,75 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
             );
         }
         o.push('\n');
+    }
+    let st = &sc["reconnect_storm"];
+    if st["summary"].is_object() {
+        let s = &st["summary"];
+        let _ = writeln!(o, "### 6. Reconnect storm{}\n", load(st));
+        let _ = writeln!(o, "{} WebSockets (one per room) through each proxy to 3 fresh nodes; the loadgen drops them all, and {} later all reconnect at once. Storm time: from that instant to the last `welcome` (median of {} rounds).\n",
+            thousands(f(st, "params.conns")), st["params"]["gap"].as_str().unwrap_or("?"), f(st, "params.rounds"));
+        let _ = writeln!(o, "| proxy | reconnected | failed | storm time ms | each round | p99 reconnect ms | vs nginx | vs HAProxy | proxy CPU s | loadgen busy during the storm | |");
+        let _ = writeln!(
+            o,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        );
+        let n = f(s, "nginx.storm_ms");
+        let h = f(s, "haproxy.storm_ms");
+        for name in ["roompin", "nginx", "haproxy"] {
+            let x = &s[name];
+            let rounds: Vec<String> = x["storm_ms_rounds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| thousands(v.as_f64().unwrap_or(0.0)))
+                .collect();
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.0}% | {} |",
+                thousands(f(x, "reconnected")),
+                f(x, "reconnect_failed"),
+                thousands(f(x, "storm_ms")),
+                rounds.join(", "),
+                f(x, "p99_ms"),
+                ratio(f(x, "storm_ms"), n),
+                ratio(f(x, "storm_ms"), h),
+                f(x, "proxy_cpu_seconds"),
+                f(x, "loadgen_busy_during_storm") * 100.0,
+                if x["client_bound"] == true {
+                    "client-bound"
+                } else {
+                    ""
+                },
+            );
+        }
+        let r = f(s, "roompin.storm_ms");
+        let failed = f(s, "roompin.reconnect_failed");
+        let bound = s["roompin"]["client_bound"] == true || s["nginx"]["client_bound"] == true;
+        if bound {
+            client_bound_notes.push(
+                "the reconnect-storm verdict (the loadgen was saturated during the storm)".into(),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\nTargets: storm time ≤ nginx's: {}{} ({} vs {} ms, {}); 0 failed: {} ({failed}).\n",
+            verdict(r > 0.0 && r <= n),
+            if bound { ", client-bound" } else { "" },
+            thousands(r),
+            thousands(n),
+            ratio(r, n),
+            verdict(failed == 0.0 && f(s, "roompin.reconnected") > 0.0)
+        );
+    }
+
+    if !client_bound_notes.is_empty() {
+        let _ = writeln!(
+            o,
+            "**Client-bound in this run:** {}.\n",
+            client_bound_notes.join("; ")
+        );
+    } else if !sc.as_object().is_none_or(|m| m.is_empty()) {
+        let _ = writeln!(o, "**Client-bound in this run:** no verdict (the loadgen stayed under {:.0}% of its core wherever a verdict was decided).\n", crate::scenarios::CLIENT_BOUND_SHARE * 100.0);
     }
     for (name, v) in sc.as_object().into_iter().flatten() {
         if let Some(e) = v["error"].as_str() {

@@ -32,6 +32,9 @@ pub enum Mode {
     Idle(IdleArgs),
     /// Connect and disconnect at a fixed rate while base members listen.
     Churn(ChurnArgs),
+    /// Hold C connections; when the window opens, drop them all, and
+    /// reconnect them all at once (a reconnect storm).
+    Storm(StormArgs),
 }
 
 impl Mode {
@@ -41,6 +44,7 @@ impl Mode {
             Mode::Rtt(a) => &a.common,
             Mode::Idle(a) => &a.common,
             Mode::Churn(a) => &a.common,
+            Mode::Storm(a) => &a.common,
         }
     }
 
@@ -50,6 +54,7 @@ impl Mode {
             Mode::Rtt(_) => "rtt",
             Mode::Idle(_) => "idle",
             Mode::Churn(_) => "churn",
+            Mode::Storm(_) => "storm",
         }
     }
 }
@@ -127,6 +132,23 @@ pub struct ChurnArgs {
     /// Message text length in bytes.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    /// Connections to open, drop and reopen.
+    #[arg(long, default_value_t = 100)]
+    pub conns: u64,
+    /// Connections per room.
+    #[arg(long, default_value_t = 1)]
+    pub per_room: u64,
+    /// From dropping every connection (when the window opens) to
+    /// reconnecting them all at once: time for the server to notice the
+    /// drops, as it would have before clients come back after a failure.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub gap: Duration,
     #[command(flatten)]
     pub common: Common,
 }

@@ -52,6 +52,12 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
     /// CPU seconds the loadgen itself used, workers included.
     pub loadgen_cpu_seconds: f64,
+    /// Its CPU over the window and drain (the `--pid` processes'
+    /// `cpu_seconds_window` span), all workers together.
+    pub loadgen_cpu_seconds_window: f64,
+    /// That over the span's length: 1.0 is one core busy throughout, the
+    /// sign that the loadgen, not the server, set the pace.
+    pub loadgen_cpu_share: f64,
     /// Errors by kind, most frequent first.
     pub errors: Vec<ErrorCount>,
 }
@@ -87,6 +93,9 @@ pub struct Connections {
     pub dropped: u64,
     /// Churn arrivals not attempted because the socket budget was full.
     pub skipped: u64,
+    /// Storm: connections back after the storm, and those that failed.
+    pub reconnected: u64,
+    pub reconnect_failed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,7 +180,10 @@ impl Report {
             Mode::Fanout(_) | Mode::Churn(_) => "delivery",
             Mode::Rtt(_) => "rtt",
             Mode::Idle(_) => "connect",
+            Mode::Storm(_) => "reconnect",
         };
+        let cpu_window = c.cpu_window_ms as f64 / 1000.0;
+        let span = duration_s + common.drain.as_secs_f64();
         Report {
             mode: mode.name(),
             protocol: common.protocol,
@@ -198,6 +210,8 @@ impl Report {
                 unfinished: c.attempted.saturating_sub(c.connected + c.failed),
                 dropped: c.dropped,
                 skipped: c.skipped,
+                reconnected: c.reconnected,
+                reconnect_failed: c.reconnect_failed,
             },
             sent: c.sent,
             send_errors: c.send_errors,
@@ -227,6 +241,12 @@ impl Report {
             },
             processes: facts.processes,
             loadgen_cpu_seconds: facts.loadgen_cpu_seconds,
+            loadgen_cpu_seconds_window: cpu_window,
+            loadgen_cpu_share: if span > 0.0 {
+                (cpu_window / span * 1000.0).round() / 1000.0
+            } else {
+                0.0
+            },
             errors: {
                 let mut v: Vec<_> = m
                     .errors
@@ -271,9 +291,19 @@ impl Report {
             l.max_us
         );
         s.push_str(&format!(
-            "\nloadgen cpu {:.2} s over {:.1} s",
-            self.loadgen_cpu_seconds, self.wall_s
+            "\nloadgen cpu {:.2} s over {:.1} s ({:.0}% of a core in the window)",
+            self.loadgen_cpu_seconds,
+            self.wall_s,
+            self.loadgen_cpu_share * 100.0
         ));
+        if self.mode == "storm" {
+            s.push_str(&format!(
+                "\nstorm: {} reconnected, {} failed, the last after {} ms",
+                self.connections.reconnected,
+                self.connections.reconnect_failed,
+                self.latency.max_us / 1000
+            ));
+        }
         for p in &self.processes {
             s.push_str(&format!(
                 "\npid {}: cpu {:.2} s (window {:.2} s), rss {} → {} KiB",

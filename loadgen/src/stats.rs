@@ -72,6 +72,13 @@ counters! {
     late,
     /// Churn connections not started because the socket budget was full.
     skipped,
+    /// Storm: connections back (welcome received) after the storm.
+    reconnected,
+    /// Storm: reconnects that failed or timed out.
+    reconnect_failed,
+    /// This process's CPU over the window and drain, in ms (set once, at
+    /// the end; summed over workers).
+    cpu_window_ms,
 }
 
 impl Counters {

@@ -14,6 +14,7 @@ use crate::limits;
 use crate::modes::{self, Ctx, Slot};
 use crate::plan::workers::{PROGRESS_PREFIX, RESULT_PREFIX};
 use crate::plan::Plan;
+use crate::procstat;
 use crate::protocol::Protocol;
 use crate::stats::{encode_histogram, Counters, ErrorSamples, Partial, Recorder, Rooms};
 use crate::target::{SourceIps, Target};
@@ -78,9 +79,11 @@ pub async fn run(ctx: Arc<Ctx>, mode: &Mode) -> anyhow::Result<Partial> {
                 Mode::Rtt(a) => modes::rtt::run(ctx, a, ramp).await,
                 Mode::Idle(a) => modes::idle::run(ctx, a, ramp).await,
                 Mode::Churn(a) => modes::churn::run(ctx, a, ramp).await,
+                Mode::Storm(a) => modes::storm::run(ctx, a, ramp).await,
             }
         }
     };
+    let own_cpu = tokio::spawn(own_window_cpu(ctx.clone()));
     // Every loop inside is bounded by the timeline; this is the backstop.
     let backstop = ctx.timeline.hard_end + Duration::from_secs(2);
     if tokio::time::timeout_at(backstop.into(), work)
@@ -90,7 +93,31 @@ pub async fn run(ctx: Arc<Ctx>, mode: &Mode) -> anyhow::Result<Partial> {
         ctx.errors
             .note("the run overran its hard end and was cut off");
     }
+    // The window CPU is read at the drain's end, which the work may have
+    // passed only just: give the reading its moment (bounded all the same).
+    let _ = tokio::time::timeout_at(
+        (ctx.timeline.drain_end + Duration::from_secs(1)).into(),
+        own_cpu,
+    )
+    .await;
     partial(&ctx, mode)
+}
+
+/// This process's own CPU from the window's start to the drain's end, the
+/// same span as the `--pid` processes' `cpu_seconds_window`, in ms: on a
+/// small machine it tells whether the loadgen, not the server, was the
+/// limit.
+async fn own_window_cpu(ctx: Arc<Ctx>) {
+    let me = std::process::id();
+    tokio::time::sleep_until(ctx.timeline.measure_start.into()).await;
+    let start = procstat::sample(me);
+    tokio::time::sleep_until(ctx.timeline.drain_end.into()).await;
+    if let (Some(a), Some(b)) = (start, procstat::sample(me)) {
+        let ms = ((b.cpu_seconds - a.cpu_seconds) * 1000.0).max(0.0).round() as u64;
+        ctx.counters
+            .cpu_window_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn partial(ctx: &Ctx, mode: &Mode) -> anyhow::Result<Partial> {

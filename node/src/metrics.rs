@@ -23,6 +23,8 @@ pub struct Metrics {
     pub broadcast_seconds: Histogram,
     pub slow_consumers: IntCounter,
     pub history_bytes: IntGauge,
+    pub history_evicted: IntCounterVec,
+    pub history_share_bytes: IntGauge,
     pub closes: IntCounterVec,
     pub rooms_moved: IntCounter,
     pub handoffs: IntCounterVec,
@@ -80,6 +82,15 @@ impl Metrics {
                 "roompin_node_history_bytes",
                 "Bytes of room history held by the node"
             )?,
+            history_evicted: register_int_counter_vec!(
+                "roompin_node_history_evicted_total",
+                "Events dropped from room history, by reason (history_events: the room's count; history_bytes: the node's budget took the oldest above a room's share; full: the node was full and a room within its share lost events)",
+                &["reason"]
+            )?,
+            history_share_bytes: register_int_gauge!(
+                "roompin_node_history_share_bytes",
+                "The history each room keeps whatever the others do: history_bytes divided by the rooms"
+            )?,
             closes: register_int_counter_vec!(
                 "roompin_node_closes_total",
                 "Connections ended, by the code of the close frame the node sent (1005: an empty one; other: a client's own 3000-4999 code echoed back; 1006: none, the connection ended without a closing handshake)",
@@ -125,7 +136,7 @@ impl Metrics {
             )?,
             task_panics: register_int_counter_vec!(
                 "roompin_node_task_panics_total",
-                "Tasks that panicked, by task (websocket, writer, connection, reaper, mover, fence, signals); each is also logged at error",
+                "Tasks that panicked, by task (websocket, writer, connection, reaper, mover, fence, signals, claim, handoff, peer, relay); each is also logged at error",
                 &["task"]
             )?,
             auth_failures: register_int_counter_vec!(
@@ -183,6 +194,15 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// What the history pool keeps up to date.
+    pub fn history(&self) -> crate::history::HistoryMetrics {
+        crate::history::HistoryMetrics {
+            bytes: self.history_bytes.clone(),
+            evicted: self.history_evicted.clone(),
+            share: self.history_share_bytes.clone(),
+        }
+    }
+
     /// The gauge of open connections over `transport`: increment it when
     /// one opens and decrement it when it ends.
     pub fn open(&self, transport: Transport) -> IntGauge {

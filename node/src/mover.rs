@@ -18,6 +18,7 @@ use crate::claim::decide_round;
 use crate::node::Node;
 use crate::peers::{PeerError, HANDOFF_BATCH_BYTES};
 use crate::placement::{MoveOrder, MoveResult, RoundOutcome};
+use crate::tasks;
 use roompin_shared::control::{ForwardedPublish, HandoffOutcome, NodeRef, Published, Refusal};
 use roompin_shared::protocol::close;
 
@@ -83,6 +84,11 @@ fn chunks(orders: Vec<MoveOrder>) -> Vec<Vec<MoveOrder>> {
 }
 
 async fn send(node: &Arc<Node>, to: &NodeRef, batch: Vec<MoveOrder>) {
+    // The members go first: they reconnect, and wait at the new holder for
+    // the room, so no client is ever in the old room and the new one at once.
+    for o in &batch {
+        o.room.send_members_away(close::ROOM_MOVED);
+    }
     let rooms = batch.iter().map(|o| o.handoff.clone()).collect();
     match node.peers.handoff(to, rooms).await {
         Ok(outcomes) => {
@@ -109,10 +115,10 @@ async fn send(node: &Arc<Node>, to: &NodeRef, batch: Vec<MoveOrder>) {
         Err(PeerError::Unknown(why)) => {
             tracing::warn!(to = %to.id, rooms = batch.len(), error = %why, "handoff answer lost; settling each room with its receiver");
             for order in batch {
-                let node = node.clone();
-                node.tasks
-                    .clone()
-                    .spawn(async move { settle(&node, order).await });
+                let n = node.clone();
+                tasks::spawn(node, tasks::HANDOFF, tracing::Span::none(), async move {
+                    settle(&n, order).await
+                });
             }
         }
     }

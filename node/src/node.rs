@@ -14,15 +14,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::claim::{self, CLAIM_DEADLINE};
-use crate::history::Budget;
+use crate::history::Pool;
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::params::routed_by;
 use crate::peers::Peers;
 use crate::placement::{Admission, Ask, MoveOrder, Placement, Refused, MOVING};
 use crate::room::{Joined, MemberHandle, Resume, Room, RoomEnv};
+use crate::tasks;
 use roompin_shared::config::NodeConfig;
-use roompin_shared::control::{NodeRef, RELAYED_HEADER};
+use roompin_shared::control::{NodeRef, RELAYED_HEADER, RELAY_HOPS_HEADER};
 use roompin_shared::MeetingId;
 
 pub struct Node {
@@ -71,10 +72,10 @@ impl Node {
         let ownership = Ownership::new(&id);
         let env = RoomEnv {
             node_id: id.clone(),
-            history_events: settings.history_events,
-            budget: Arc::new(Budget::new(
+            history: Arc::new(Pool::new(
+                settings.history_events,
                 settings.history_bytes,
-                metrics.history_bytes.clone(),
+                metrics.history(),
             )),
             metrics: metrics.clone(),
             lease: ownership.lease.clone(),
@@ -88,6 +89,7 @@ impl Node {
                 me.clone(),
                 settings.control_token.clone(),
                 tasks.clone(),
+                metrics.task_panics.clone(),
                 shutdown.clone(),
             ),
             me,
@@ -126,6 +128,7 @@ impl Node {
         let alone = self.alone();
         Ask {
             relayed: false,
+            hops: 0,
             alone,
             fenced: !alone && !self.ownership.lease.holds(now),
             draining: self.is_draining(),
@@ -164,11 +167,17 @@ impl Node {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + CLAIM_DEADLINE + Duration::from_millis(100);
         let relayed = headers.contains_key(RELAYED_HEADER);
+        let hops = headers
+            .get(RELAY_HOPS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u8>().ok())
+            .unwrap_or(u8::from(relayed));
         let routed = routed_by(headers);
         loop {
             let now = Instant::now();
             let mut ask = self.ask(now);
             ask.relayed = relayed;
+            ask.hops = hops;
             let admission = self.placement.admit(
                 meeting,
                 ask,
@@ -190,8 +199,12 @@ impl Node {
                 Admission::Relay(holder) => return Admitted::Relay(holder),
                 Admission::Wait(w) => w,
                 Admission::Acquire(round, w) => {
-                    self.tasks
-                        .spawn(claim::run(self.clone(), meeting.clone(), round));
+                    tasks::spawn(
+                        self,
+                        tasks::CLAIM,
+                        tracing::Span::none(),
+                        claim::run(self.clone(), meeting.clone(), round),
+                    );
                     w
                 }
                 Admission::Refuse(Refused::Misrouted(m)) => {

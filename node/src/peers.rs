@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::claim::ANSWER_TIMEOUT;
+use crate::tasks;
+use prometheus::IntCounterVec;
 use roompin_shared::control::{
     AbortReply, AbortRequest, ForwardedPublish, Handoff, HandoffAck, HandoffBatch, HandoffOutcome,
     Holding, NodeRef, PublishBatch, PublishReply, Published, WhereReply, WhereRequest, ABORT_PATH,
@@ -82,6 +84,7 @@ pub struct Peers {
     client: Client<HttpConnector, Full<Bytes>>,
     queues: Queues,
     tasks: TaskTracker,
+    panics: IntCounterVec,
     shutdown: CancellationToken,
 }
 
@@ -90,6 +93,7 @@ impl Peers {
         me: NodeRef,
         token: Option<String>,
         tasks: TaskTracker,
+        panics: IntCounterVec,
         shutdown: CancellationToken,
     ) -> Arc<Peers> {
         let mut connector = HttpConnector::new();
@@ -105,8 +109,22 @@ impl Peers {
                 .build(connector),
             queues: Mutex::new(HashMap::new()),
             tasks,
+            panics,
             shutdown,
         })
+    }
+
+    fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        tasks::spawn_on(
+            &self.tasks,
+            &self.panics,
+            tasks::PEER,
+            tracing::Span::none(),
+            fut,
+        );
     }
 
     /// The pooled HTTP client, for forwarding member requests too.
@@ -164,7 +182,7 @@ impl Peers {
             }
             let peers = self.clone();
             let addr = addr.clone();
-            self.tasks.spawn(async move {
+            self.spawn(async move {
                 let request = WhereRequest {
                     from: peers.me.clone(),
                     meetings: batch.iter().map(|q| q.meeting.clone()).collect(),

@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::ownership::{Misrouted, Views};
 use crate::room::{Room, RoomEnv};
-use roompin_shared::control::{Handoff, HandoffOutcome, Holding, NodeRef, Refusal};
+use roompin_shared::control::{Handoff, HandoffOutcome, Holding, NodeRef, Refusal, MAX_RELAY_HOPS};
 use roompin_shared::protocol::close;
 use roompin_shared::MeetingId;
 
@@ -136,8 +136,11 @@ pub enum Refused {
 /// What the rules need to know about the request and the node.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Ask {
-    /// Forwarded by a peer: serve it only from a live room, never pass on.
+    /// Forwarded by a peer: serve it from a live room, or pass it on to
+    /// where the room went (while `hops` allow); never open a room for it.
     pub relayed: bool,
+    /// How many nodes forwarded it so far.
+    pub hops: u8,
     /// The node serves alone (no control plane): open rooms on demand.
     pub alone: bool,
     /// No fresh balancer view: open no room.
@@ -154,6 +157,8 @@ pub enum Has {
     InFlux,
     /// A fresh hint that a peer holds it.
     Elsewhere,
+    /// A tombstone: this node handed it to a peer a moment ago.
+    Moved,
 }
 
 /// What [`admission_rule`] says.
@@ -181,7 +186,9 @@ pub const MOVING: &str = "the meeting is moving between nodes; retry shortly\n";
 /// 1. A live room serves, whoever routed the request: serving at the holder
 ///    never splits a meeting.
 /// 2. A slot about to change (a claim round or a move) is waited for.
-/// 3. A forwarded request is served only from a live room: no second hop.
+/// 3. A forwarded request is served from a live room, or passed on to
+///    where the room went (a hint or a tombstone), up to `MAX_RELAY_HOPS`;
+///    a node never opens a room for it.
 /// 4. A node serving alone opens rooms on demand.
 /// 5. A fenced node opens nothing; neither does a draining one.
 /// 6. A request the views say belongs to another node gets 421.
@@ -194,7 +201,11 @@ pub fn admission_rule(has: Has, ask: Ask, misrouted: impl FnOnce() -> bool) -> R
         _ => {}
     }
     if ask.relayed {
-        return Rule::Refuse(NOT_HERE);
+        return if ask.hops < MAX_RELAY_HOPS && matches!(has, Has::Elsewhere | Has::Moved) {
+            Rule::Relay
+        } else {
+            Rule::Refuse(NOT_HERE)
+        };
     }
     if ask.alone {
         return Rule::Create;
@@ -222,6 +233,8 @@ pub fn admission_rule(has: Has, ask: Ask, misrouted: impl FnOnce() -> bool) -> R
 pub struct MoveOrder {
     pub id: u64,
     pub meeting: MeetingId,
+    /// The closed room, whose members the mover sends on.
+    pub room: Arc<Room>,
     pub to: NodeRef,
     pub handoff: Handoff,
     pub started: Instant,
@@ -315,6 +328,9 @@ impl Placement {
             Some(Slot::Live { .. }) => Has::Live,
             Some(Slot::Acquiring { .. } | Slot::Moving { .. }) => Has::InFlux,
             Some(Slot::Elsewhere { until, .. }) if *until > now => Has::Elsewhere,
+            Some(Slot::Moved { at, .. }) if now.saturating_duration_since(*at) < TOMBSTONE_TTL => {
+                Has::Moved
+            }
             _ => Has::Nothing,
         };
         let mut wrong = None;
@@ -333,6 +349,7 @@ impl Placement {
             },
             Rule::Relay => match map.get(meeting).map(|e| &e.slot) {
                 Some(Slot::Elsewhere { holder, .. }) => Admission::Relay(holder.clone()),
+                Some(Slot::Moved { to, .. }) => Admission::Relay(to.clone()),
                 _ => Admission::Refuse(Refused::Unavailable(MOVING)),
             },
             Rule::Create => {
@@ -466,7 +483,7 @@ impl Placement {
             Slot::Moving {
                 id,
                 to: to.clone(),
-                room,
+                room: room.clone(),
                 queued: Vec::new(),
                 since: now,
             },
@@ -474,6 +491,7 @@ impl Placement {
         Some(MoveOrder {
             id,
             meeting: meeting.clone(),
+            room,
             to,
             handoff,
             started: now,
@@ -950,6 +968,12 @@ mod tests {
         };
         let relayed = Ask {
             relayed: true,
+            hops: 1,
+            ..ask()
+        };
+        let last_hop = Ask {
+            relayed: true,
+            hops: MAX_RELAY_HOPS,
             ..ask()
         };
         let fenced = Ask {
@@ -965,8 +989,11 @@ mod tests {
             (Has::Live,      fenced,   true,  Rule::Serve,  "a live room serves, whoever routed it"),
             (Has::InFlux,    cluster,  false, Rule::Wait,   "a claim round or a move is waited for"),
             (Has::InFlux,    relayed,  false, Rule::Wait,   "even when forwarded"),
-            (Has::Nothing,   relayed,  false, Rule::Refuse(NOT_HERE), "no second hop"),
-            (Has::Elsewhere, relayed,  false, Rule::Refuse(NOT_HERE), "no second hop"),
+            (Has::Nothing,   relayed,  false, Rule::Refuse(NOT_HERE), "forwarded: never open a room"),
+            (Has::Elsewhere, relayed,  false, Rule::Relay,  "forwarded on, to the holder a round found"),
+            (Has::Moved,     relayed,  false, Rule::Relay,  "forwarded on, to where it was handed"),
+            (Has::Moved,     last_hop, false, Rule::Refuse(NOT_HERE), "no more hops"),
+            (Has::Moved,     cluster,  false, Rule::Acquire, "a tombstone is not where the room is for this node"),
             (Has::Nothing,   alone,    true,  Rule::Create, "alone: open on demand"),
             (Has::Nothing,   fenced,   false, Rule::Refuse(FENCED), "fenced: open nothing"),
             (Has::Nothing,   draining, false, Rule::Refuse(DRAINING), "draining: open nothing"),

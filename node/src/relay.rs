@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::node::{unavailable, Node};
+use crate::tasks;
 use roompin_shared::control::{
-    NodeRef, BALANCER_HEADER, EPOCH_HEADER, RELAYED_HEADER, SKIPPED_HEADER,
+    NodeRef, BALANCER_HEADER, EPOCH_HEADER, RELAYED_HEADER, RELAY_HOPS_HEADER, SKIPPED_HEADER,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -32,9 +33,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 const ANSWER_LIMIT: usize = 64 * 1024;
 
 /// The request's headers as the holder should see them: marked as
-/// forwarded by this node, without the routing balancer's headers (the
-/// holder serves from its live room whoever routed it).
+/// forwarded by this node (one hop more), without the routing balancer's
+/// headers (the holder serves from its live room whoever routed it).
 fn forwarded_headers(node: &Node, headers: &HeaderMap) -> HeaderMap {
+    let hops = headers
+        .get(RELAY_HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok())
+        .unwrap_or(0);
     let mut out = headers.clone();
     for h in [BALANCER_HEADER, EPOCH_HEADER, SKIPPED_HEADER] {
         out.remove(h);
@@ -42,6 +48,10 @@ fn forwarded_headers(node: &Node, headers: &HeaderMap) -> HeaderMap {
     if let Ok(v) = HeaderValue::from_str(&node.id) {
         out.insert(RELAYED_HEADER, v);
     }
+    out.insert(
+        RELAY_HOPS_HEADER,
+        HeaderValue::from(u16::from(hops.saturating_add(1))),
+    );
     out
 }
 
@@ -73,7 +83,7 @@ pub async fn websocket(node: &Arc<Node>, holder: &NodeRef, mut req: Request) -> 
         Ok(x) => x,
         Err(_) => return unavailable("the node holding this meeting cannot be reached; retry\n"),
     };
-    node.tasks.spawn(async move {
+    tasks::spawn(node, tasks::RELAY, tracing::Span::none(), async move {
         let _ = conn.with_upgrades().await;
     });
     let mut forward = http::Request::builder().method(req.method().clone()).uri(
@@ -101,7 +111,7 @@ pub async fn websocket(node: &Arc<Node>, holder: &NodeRef, mut req: Request) -> 
     }
     let holder_upgrade = hyper::upgrade::on(resp);
     let shutdown = node.shutdown.clone();
-    node.tasks.spawn(async move {
+    tasks::spawn(node, tasks::RELAY, tracing::Span::none(), async move {
         let (Ok(client), Ok(holder)) = (client_upgrade.await, holder_upgrade.await) else {
             return;
         };

@@ -5,15 +5,19 @@
 //! `try_send` into each member's bounded queue. So every member sees the
 //! same events in the same order, and a slow member never stalls the others
 //! (its queue overflows and it is dropped with 4002, to resume with `since`).
+//!
+//! The history itself, and the node-wide budget it is kept within, are
+//! `history.rs`'s business: the room appends, replays and releases, and
+//! after each change, with its lock released, lets the pool settle.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use crate::event::{Event, Kick};
-use crate::history::Budget;
+use crate::history::{History, Holder, Locking, Pool};
 use crate::lease::Lease;
 use crate::metrics::Metrics;
 use roompin_shared::control::Handoff;
@@ -54,8 +58,8 @@ pub struct Joined {
 #[derive(Clone)]
 pub struct RoomEnv {
     pub node_id: Arc<str>,
-    pub history_events: usize,
-    pub budget: Arc<Budget>,
+    /// The node's history budget, which every room's history draws on.
+    pub history: Arc<Pool>,
     pub metrics: Metrics,
     /// A room serves (joins, publishes) only while the node's lease holds:
     /// checked on every operation, so that a process that was paused past
@@ -102,7 +106,9 @@ pub fn resume_rule(
 pub struct Room {
     pub meeting_id: MeetingId,
     env: RoomEnv,
-    state: Mutex<State>,
+    /// Shared with the history pool (weakly), whose sweep takes this lock
+    /// to evict from this room's history.
+    state: Arc<Mutex<State>>,
 }
 
 struct State {
@@ -110,10 +116,23 @@ struct State {
     incarnation: Arc<str>,
     seq: u64,
     members: Vec<MemberHandle>,
-    history: VecDeque<Arc<Event>>,
-    history_bytes: usize,
+    history: History,
     empty_since: Option<Instant>,
     closed: bool,
+    /// Members that left while the room was not serving, announced if it
+    /// reopens.
+    leaves_held: Vec<MemberHandle>,
+}
+
+/// The sweep reaches a room's history under the room's own lock.
+impl Holder for Mutex<State> {
+    fn with_history(&self, locking: Locking, f: &mut dyn FnMut(&mut History)) -> bool {
+        let guard = match locking {
+            Locking::Wait => Some(self.lock()),
+            Locking::Try => self.try_lock(),
+        };
+        guard.map(|mut st| f(&mut st.history)).is_some()
+    }
 }
 
 impl Room {
@@ -125,8 +144,12 @@ impl Room {
 
     /// The room another node handed over: its incarnation, its seq and its
     /// retained history, so that resuming clients see `recovered: true`.
-    /// Events that do not parse, or claim a seq past the handoff's, are
-    /// dropped (the sender's history is trusted no further than that).
+    /// Events that do not parse, claim a seq past the handoff's, or are not
+    /// in rising seq order are dropped (the sender's history is trusted no
+    /// further than that; replay relies on the order).
+    ///
+    /// It does not settle the pool (it is built under the placement lock);
+    /// its first member's join does.
     pub fn from_handoff(meeting_id: MeetingId, env: RoomEnv, handoff: &Handoff) -> Room {
         let room = Room::with(
             meeting_id,
@@ -136,32 +159,39 @@ impl Room {
         );
         {
             let mut st = room.state.lock();
+            let mut last = 0;
             for json in &handoff.events {
                 let Ok(event) = serde_json::from_str::<ServerEvent>(json) else {
                     continue;
                 };
-                let Some(seq) = event.seq().filter(|s| *s <= handoff.seq) else {
+                let Some(seq) = event.seq().filter(|s| *s <= handoff.seq && *s > last) else {
                     continue;
                 };
-                room.remember(&mut st, Event::from_json(seq, event.kind(), json.clone()));
+                last = seq;
+                st.history
+                    .append(Event::from_json(seq, event.kind(), json.clone()));
             }
         }
         room
     }
 
     fn with(meeting_id: MeetingId, env: RoomEnv, incarnation: Arc<str>, seq: u64) -> Room {
-        Room {
-            meeting_id,
-            env,
-            state: Mutex::new(State {
+        let state = Arc::new_cyclic(|me: &Weak<Mutex<State>>| {
+            let holder: Weak<dyn Holder> = me.clone();
+            Mutex::new(State {
                 incarnation,
                 seq,
                 members: Vec::new(),
-                history: VecDeque::new(),
-                history_bytes: 0,
+                history: History::new(&env.history, holder),
                 empty_since: Some(Instant::now()),
                 closed: false,
-            }),
+                leaves_held: Vec::new(),
+            })
+        });
+        Room {
+            meeting_id,
+            env,
+            state,
         }
     }
 
@@ -189,21 +219,26 @@ impl Room {
         member: MemberHandle,
         resume: Option<Resume<'_>>,
     ) -> Result<Joined, MemberHandle> {
+        let joined = self.join_locked(member, resume);
+        self.env.history.settle();
+        joined
+    }
+
+    fn join_locked(
+        &self,
+        member: MemberHandle,
+        resume: Option<Resume<'_>>,
+    ) -> Result<Joined, MemberHandle> {
         let mut st = self.state.lock();
         if !self.serving(&st) {
             return Err(member);
         }
-        let oldest = st.history.front().map(|e| e.seq);
+        let oldest = st.history.oldest_seq();
         let (replay, recovered) = resume_rule(resume, &st.incarnation, st.seq, oldest);
         let replay = match replay {
             Replay::Nothing => Vec::new(),
-            Replay::All => st.history.iter().cloned().collect(),
-            Replay::After(since) => st
-                .history
-                .iter()
-                .filter(|e| e.seq > since)
-                .cloned()
-                .collect(),
+            Replay::All => st.history.all(),
+            Replay::After(since) => st.history.after(since),
         };
         let welcome = Event::new(&ServerEvent::Welcome {
             meeting_id: self.meeting_id.to_string(),
@@ -230,17 +265,36 @@ impl Room {
     }
 
     /// Removes a member that left on its own (or was dropped by its session).
+    ///
+    /// A room that is not serving (closed for a move, or fenced) takes no
+    /// seq for it: its handoff is on its way, and an event here would give
+    /// a seq the new holder gives to another event. The leave is announced
+    /// if the room reopens, and dropped if it moved (its members rejoin the
+    /// new holder, and those gone never left there).
     pub fn leave(&self, conn_id: &str) {
-        let mut st = self.state.lock();
-        if let Some(pos) = st.members.iter().position(|m| &*m.conn_id == conn_id) {
-            let gone = st.members.swap_remove(pos);
-            self.announce_leave(&mut st, &gone);
+        {
+            let mut st = self.state.lock();
+            if let Some(pos) = st.members.iter().position(|m| &*m.conn_id == conn_id) {
+                let gone = st.members.swap_remove(pos);
+                if self.serving(&st) {
+                    self.announce_leave(&mut st, &gone);
+                } else {
+                    st.leaves_held.push(gone);
+                }
+            }
         }
+        self.env.history.settle();
     }
 
     /// Broadcasts a chat message; returns its seq and the incarnation it
     /// counts in.
     pub fn publish(&self, from: &str, text: &str) -> Result<(u64, Arc<str>), Closed> {
+        let published = self.publish_locked(from, text);
+        self.env.history.settle();
+        published
+    }
+
+    fn publish_locked(&self, from: &str, text: &str) -> Result<(u64, Arc<str>), Closed> {
         let mut st = self.state.lock();
         if !self.serving(&st) {
             return Err(Closed);
@@ -282,17 +336,17 @@ impl Room {
             meeting_id: self.meeting_id.to_string(),
             room: st.incarnation.to_string(),
             seq: st.seq,
-            events: st
-                .history
-                .iter()
-                .map(|e| e.json.as_str().to_owned())
-                .collect(),
+            events: st.history.snapshot(),
         })
     }
 
     /// Undoes [`Room::close_for_move`] after a refused handoff.
     pub fn reopen(&self) {
-        self.state.lock().closed = false;
+        let mut st = self.state.lock();
+        st.closed = false;
+        for gone in std::mem::take(&mut st.leaves_held) {
+            self.announce_leave(&mut st, &gone);
+        }
     }
 
     /// The room as `GET /control/rooms` reports it.
@@ -306,6 +360,20 @@ impl Room {
         }
     }
 
+    /// Sends every member away with `code`, keeping the room's history: a
+    /// room about to be handed over sends its members on first, so that no
+    /// client sees two nodes at once; they wait at the new holder until the
+    /// handoff lands. If the room reopens instead, they find it again.
+    pub fn send_members_away(&self, code: u16) {
+        let mut st = self.state.lock();
+        for m in st.members.drain(..) {
+            m.kick.kick(code);
+        }
+        if st.empty_since.is_none() {
+            st.empty_since = Some(Instant::now());
+        }
+    }
+
     /// Closes the room for good, kicks everyone with `code`, and frees its
     /// history: a move that landed (4001), node shutdown (1001), a fence.
     pub fn close_all(&self, code: u16) {
@@ -314,7 +382,7 @@ impl Room {
         for m in st.members.drain(..) {
             m.kick.kick(code);
         }
-        self.release_history(&mut st);
+        st.history.release();
     }
 
     /// True when the room has had no members for at least `idle`; it is
@@ -324,7 +392,7 @@ impl Room {
         let expired = st.members.is_empty() && st.empty_since.is_some_and(|t| t.elapsed() >= idle);
         if expired {
             st.closed = true;
-            self.release_history(&mut st);
+            st.history.release();
         }
         expired
     }
@@ -350,7 +418,7 @@ impl Room {
     /// `gone`.
     fn deliver(&self, st: &mut State, event: &ServerEvent, gone: &mut VecDeque<MemberHandle>) {
         let event = Event::new(event);
-        self.remember(st, event.clone());
+        st.history.append(event.clone());
         let started = Instant::now();
         let mut slow = Vec::new();
         for (i, m) in st.members.iter().enumerate() {
@@ -387,29 +455,6 @@ impl Room {
         let leave = self.leave_event(st, gone);
         self.broadcast(st, &leave);
     }
-
-    /// Appends to history within the per-room count and the node's bytes.
-    fn remember(&self, st: &mut State, event: Arc<Event>) {
-        let cost = event.cost();
-        while !st.history.is_empty()
-            && (st.history.len() >= self.env.history_events || !self.env.budget.fits(cost))
-        {
-            if let Some(old) = st.history.pop_front() {
-                st.history_bytes -= old.cost();
-                self.env.budget.release(old.cost());
-            }
-        }
-        if self.env.history_events > 0 && self.env.budget.take(cost) {
-            st.history_bytes += cost;
-            st.history.push_back(event);
-        }
-    }
-
-    fn release_history(&self, st: &mut State) {
-        self.env.budget.release(st.history_bytes);
-        st.history_bytes = 0;
-        st.history.clear();
-    }
 }
 
 fn unix_ms() -> u64 {
@@ -421,6 +466,7 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::history::HistoryMetrics;
     use std::sync::OnceLock;
 
     fn metrics() -> Metrics {
@@ -432,8 +478,11 @@ pub(crate) mod tests {
     pub(crate) fn env(history_bytes: usize) -> RoomEnv {
         RoomEnv {
             node_id: Arc::from("n"),
-            history_events: 10_000,
-            budget: Arc::new(Budget::new(history_bytes, metrics().history_bytes.clone())),
+            history: Arc::new(Pool::new(
+                10_000,
+                history_bytes,
+                HistoryMetrics::unregistered(),
+            )),
             metrics: metrics(),
             lease: Arc::new(Lease::forever()),
         }
@@ -510,6 +559,116 @@ pub(crate) mod tests {
         assert!(old.publish("u", "after a refused handoff").is_ok());
     }
 
+    /// A member that leaves a room in transit takes no seq there (the new
+    /// holder numbers on from the handoff); if the room reopens, its leave
+    /// is announced then.
+    #[test]
+    fn a_room_in_transit_numbers_nothing() {
+        let room = Room::new(meeting("transit"), env(1 << 20));
+        let (a, _ka, mut rx) = member(0, 64);
+        let (b, _kb, _rxb) = member(1, 64);
+        assert!(room.join(a, None).is_ok());
+        assert!(room.join(b, None).is_ok());
+        let handoff = room.close_for_move().expect("closes");
+        room.leave("c1");
+        assert_eq!(
+            room.info().seq,
+            handoff.seq,
+            "a leave took a seq in transit"
+        );
+        while rx.try_recv().is_ok() {}
+        room.reopen();
+        let leave = rx.try_recv().expect("the held leave, on reopening");
+        assert_eq!((leave.kind, leave.seq), ("leave", handoff.seq + 1));
+    }
+
+    /// The issue this policy fixes: on a node whose history budget busy
+    /// rooms filled, a room that starts after still keeps its history, and
+    /// its member resumes a short drop with `recovered: true`.
+    #[test]
+    fn a_new_room_on_a_full_node_resumes_with_recovered_true() {
+        let e = env(64 << 10);
+        let busy: Vec<Room> = (0..4)
+            .map(|i| Room::new(meeting(&format!("busy{i}")), e.clone()))
+            .collect();
+        let mut keep = Vec::new();
+        for (i, room) in busy.iter().enumerate() {
+            let (m, _k, rx) = member(i, 4096);
+            assert!(room.join(m, None).is_ok());
+            keep.push(rx);
+            for n in 0..500 {
+                assert!(room.publish("u", &format!("{n:0>200}")).is_ok());
+            }
+        }
+        assert!(
+            e.history.used() > (60 << 10),
+            "the busy rooms filled the node"
+        );
+        let new = Room::new(meeting("new"), e.clone());
+        let (m, _k, _rx) = member(9, 64);
+        assert!(new.join(m, None).is_ok());
+        for n in 0..3 {
+            assert!(new.publish("u", &format!("{n:0>200}")).is_ok());
+        }
+        new.leave("c9");
+        let (m, _k, _rx) = member(10, 64);
+        let resume = Resume {
+            since: 4,
+            room: Some(&new.incarnation()),
+        };
+        let joined = new.join(m, Some(resume)).ok().expect("joins");
+        assert!(
+            joined.welcome.json.as_str().contains("\"recovered\":true"),
+            "{}",
+            joined.welcome.json.as_str()
+        );
+        let seqs: Vec<u64> = joined.replay.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![5], "the replay is the member's own leave");
+        // All of it is still there, in fact: the busy rooms' oldest went.
+        assert_eq!(new.state.lock().history.oldest_seq(), Some(1));
+        assert!(e.history.used() <= 64 << 10);
+    }
+
+    /// A handoff's events are kept only in rising seq order and up to its
+    /// seq: replay and `recovered` rely on the order.
+    #[test]
+    fn a_handoff_keeps_only_rising_seqs_up_to_its_own() {
+        let msg = |seq| {
+            ServerEvent::Message {
+                meeting_id: "h".into(),
+                seq,
+                from: "u".into(),
+                text: "t".into(),
+                ts: 0,
+            }
+            .to_json()
+        };
+        let handoff = Handoff {
+            meeting_id: "h".into(),
+            room: "0123456789abcdef".into(),
+            seq: 6,
+            events: vec![
+                msg(3),
+                msg(2),
+                "not json".into(),
+                msg(4),
+                msg(4),
+                msg(6),
+                msg(9),
+            ],
+        };
+        let room = Room::from_handoff(meeting("h"), env(1 << 20), &handoff);
+        let seqs: Vec<u64> = room
+            .state
+            .lock()
+            .history
+            .all()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![3, 4, 6]);
+    }
+
     /// A message that overflows slow members takes its seq before their
     /// leaves take theirs: the seq a publisher is told is the message's.
     #[test]
@@ -572,7 +731,7 @@ pub(crate) mod tests {
             .iter()
             .filter_map(|k| k.code())
             .all(|c| c == close::SLOW_CONSUMER));
-        let seqs: Vec<u64> = st.history.iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = st.history.all().iter().map(|e| e.seq).collect();
         assert_eq!(
             seqs,
             (1..=st.seq).collect::<Vec<_>>(),

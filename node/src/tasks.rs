@@ -24,8 +24,18 @@ pub const REAPER: &str = "reaper";
 pub const MOVER: &str = "mover";
 pub const FENCE: &str = "fence";
 pub const SIGNALS: &str = "signals";
+/// A claim round (`claim.rs`).
+pub const CLAIM: &str = "claim";
+/// A handoff batch, or the settlement of one (`mover.rs`).
+pub const HANDOFF: &str = "handoff";
+/// Where-is questions to one peer (`peers.rs`).
+pub const PEER: &str = "peer";
+/// A member forwarded to the holder of its room (`relay.rs`).
+pub const RELAY: &str = "relay";
 /// Every `task` label, exposed at zero from the start.
-pub const ALL: [&str; 7] = [WEBSOCKET, WRITER, CONNECTION, REAPER, MOVER, FENCE, SIGNALS];
+pub const ALL: [&str; 11] = [
+    WEBSOCKET, WRITER, CONNECTION, REAPER, MOVER, FENCE, SIGNALS, CLAIM, HANDOFF, PEER, RELAY,
+];
 
 /// Spawns `fut` on the node's tracker inside `span`. The handle yields
 /// `None` if it panicked.

@@ -81,6 +81,17 @@ pub struct BalancerConfig {
     pub auth: Option<AuthConfig>,
     #[serde(rename = "upstream", default)]
     pub upstreams: Vec<UpstreamConfig>,
+
+    // --- Edge hygiene of the public listener (balancer/src/head.rs). ---
+    /// The largest request head (request line and headers) a client may
+    /// send; a bigger one is answered 431 and the connection closed.
+    #[serde(default = "default_max_request_head_bytes")]
+    pub max_request_head_bytes: usize,
+    /// How long a client has to send a whole request head, from the
+    /// connection's start (or, on a kept-alive connection, from the head's
+    /// first byte). A slower one (slowloris) is answered 408 and closed.
+    #[serde(default = "default_request_head_timeout_ms")]
+    pub request_head_timeout_ms: u64,
 }
 
 /// One chat node.
@@ -221,6 +232,12 @@ fn default_push_interval_ms() -> u64 {
 fn default_moves() -> bool {
     true
 }
+fn default_max_request_head_bytes() -> usize {
+    16 * 1024
+}
+fn default_request_head_timeout_ms() -> u64 {
+    10_000
+}
 
 impl BalancerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -258,6 +275,15 @@ impl BalancerConfig {
         }
         if self.moves && self.control_token.as_deref().is_none_or(str::is_empty) {
             return Err("`control_token` is not set: without it the nodes cannot be told to hand rooms over, so every membership change would split meetings. Set `control_token` to the nodes' token, or `moves = false` to run without room moves".into());
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_request_head_bytes) {
+            return Err(format!(
+                "`max_request_head_bytes` = {} is out of range 1024..=1048576",
+                self.max_request_head_bytes
+            ));
+        }
+        if self.request_head_timeout_ms == 0 {
+            return Err("`request_head_timeout_ms` must be at least 1".into());
         }
         let h = &self.health;
         if h.interval_ms == 0 || h.timeout_ms == 0 || h.unhealthy_after == 0 || h.healthy_after == 0
@@ -534,6 +560,8 @@ weight = 2
         assert_eq!(c.vnodes, DEFAULT_VNODES);
         assert_eq!(c.members()[1].weight, 2);
         assert_eq!(c.health, HealthConfig::default());
+        assert_eq!(c.max_request_head_bytes, 16384);
+        assert_eq!(c.request_head_timeout_ms, 10_000);
     }
 
     #[test]
@@ -553,6 +581,10 @@ weight = 2
         assert!(err.contains("not an IP:port"), "{err}");
         let err = load(GOOD.split("[[upstream]]").next().unwrap_or("")).unwrap_err();
         assert!(err.contains("no [[upstream]]"), "{err}");
+        let err = load(&format!("max_request_head_bytes = 100\n{GOOD}")).unwrap_err();
+        assert!(err.contains("max_request_head_bytes"), "{err}");
+        let err = load(&format!("request_head_timeout_ms = 0\n{GOOD}")).unwrap_err();
+        assert!(err.contains("request_head_timeout_ms"), "{err}");
         let err = load("listen = ").unwrap_err();
         assert!(err.contains("line 1"), "{err}");
     }

@@ -43,6 +43,12 @@ pub const SKIPPED_HEADER: &str = "x-roompin-skipped";
 /// meeting's room. The holder serves it if it holds the room, and otherwise
 /// refuses it (503) rather than forwarding it again.
 pub const RELAYED_HEADER: &str = "x-roompin-relayed-by";
+/// ...and how many nodes have forwarded it so far. A node that handed the
+/// room on a moment ago forwards it once more, to where the room went, up
+/// to a limit (`MAX_RELAY_HOPS`).
+pub const RELAY_HOPS_HEADER: &str = "x-roompin-relay-hops";
+/// Forwards of one request, at most.
+pub const MAX_RELAY_HOPS: u8 = 3;
 
 /// Path of the view push.
 pub const VIEW_PATH: &str = "/control/view";

@@ -13,6 +13,7 @@ pub mod history;
 pub mod netbed;
 pub mod process;
 pub mod prometheus;
+pub mod raw;
 pub mod reconnect;
 pub mod recorder;
 pub mod scrape;

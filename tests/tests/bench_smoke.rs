@@ -58,6 +58,7 @@ async fn every_scenario_produces_numbers() {
         "proxy_overhead",
         "fanout",
         "idle_cost",
+        "reconnect_storm",
         "membership",
     ] {
         assert!(
@@ -95,6 +96,18 @@ async fn every_scenario_produces_numbers() {
         assert!(num(sc, &format!("idle_cost.summary.{sys}.connections_ok")) > 0.0);
         num(sc, &format!("idle_cost.summary.{sys}.proxy_bytes_per_conn"));
         num(sc, &format!("idle_cost.summary.{sys}.nodes_bytes_per_conn"));
+    }
+
+    for sys in ["roompin", "nginx", "haproxy"] {
+        let st = |k: &str| num(sc, &format!("reconnect_storm.summary.{sys}.{k}"));
+        assert!(
+            st("reconnected") > 0.0,
+            "reconnect_storm: nothing reconnected through {sys}"
+        );
+        assert!(
+            st("storm_ms") > 0.0,
+            "reconnect_storm: no storm time for {sys}"
+        );
     }
 
     let mb = &sc["membership"]["summary"];

@@ -132,31 +132,30 @@ async fn json_logs_are_one_object_per_line_with_connection_fields() {
     ws.close().await;
     drop(sse);
 
-    // The node's connection lines carry meeting, node and connection.
-    // (When sessions get a span of their own with meeting_id, node and
-    // conn_id, `fields` finds them there: extend the names here.)
+    // The node's connection lines carry their session span's meeting_id,
+    // node and conn_id (`fields` merges the span's fields in).
     let joined = fields(&line_with(&node, "websocket joined").await);
-    assert_eq!(str_of(&joined, "meeting"), "json-room", "{joined:?}");
+    assert_eq!(str_of(&joined, "meeting_id"), "json-room", "{joined:?}");
     assert_eq!(str_of(&joined, "node"), "node-j", "{joined:?}");
-    assert_eq!(str_of(&joined, "conn"), conn, "{joined:?}");
+    assert_eq!(str_of(&joined, "conn_id"), conn, "{joined:?}");
     assert_eq!(str_of(&joined, "level"), "INFO");
     assert!(
         joined.contains_key("timestamp") && joined.contains_key("target"),
         "{joined:?}"
     );
     let closed = fields(&line_with(&node, "websocket closed").await);
-    assert_eq!(str_of(&closed, "conn"), conn, "{closed:?}");
+    assert_eq!(str_of(&closed, "conn_id"), conn, "{closed:?}");
     assert!(
         closed.contains_key("close"),
         "the close code is logged: {closed:?}"
     );
     let sse_joined = fields(&line_with(&node, "sse joined").await);
     assert_eq!(
-        str_of(&sse_joined, "meeting"),
+        str_of(&sse_joined, "meeting_id"),
         "json-room",
         "{sse_joined:?}"
     );
-    assert!(!str_of(&sse_joined, "conn").is_empty(), "{sse_joined:?}");
+    assert!(!str_of(&sse_joined, "conn_id").is_empty(), "{sse_joined:?}");
 
     // The balancer's request lines name the meeting and the node.
     eventually(

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{render, Front};
-use crate::env::Env;
+use crate::env::{Env, Side};
 use crate::procs::{self, Proc};
 
 pub async fn start(env: &Env, nodes: &[SocketAddr], threads: usize) -> anyhow::Result<Front> {
@@ -30,6 +30,7 @@ pub async fn start(env: &Env, nodes: &[SocketAddr], threads: usize) -> anyhow::R
     std::fs::write(&path, conf).with_context(|| format!("cannot write {}", path.display()))?;
     let mut cmd = Command::new(super::sbin("haproxy"));
     cmd.arg("-db").arg("-f").arg(&path);
+    env.pin(&mut cmd, Side::Server);
     let mut proc = Proc::spawn("haproxy", cmd, &env.dir("logs")?)
         .context("cannot start haproxy: is it installed? (scripts/prereqs bench)")?;
     procs::wait_listening(&mut proc, addr, Duration::from_secs(10)).await?;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use crate::env::Env;
+use crate::env::{Env, Side};
 use crate::procs::{self, Proc};
 
 /// A proxy in front of the nodes (or none).
@@ -74,6 +74,7 @@ pub async fn start_node_script(
     cmd.arg(peers.join(script))
         .arg(addr.ip().to_string())
         .arg(addr.port().to_string());
+    env.pin(&mut cmd, Side::Server);
     let mut proc = Proc::spawn(name, cmd, &env.dir("logs")?)?;
     procs::wait_listening(&mut proc, addr, std::time::Duration::from_secs(15)).await?;
     Ok(Front {

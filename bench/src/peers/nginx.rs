@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{render, Front};
-use crate::env::Env;
+use crate::env::{Env, Side};
 use crate::procs::{self, Proc};
 
 pub async fn start(env: &Env, nodes: &[SocketAddr], workers: usize) -> anyhow::Result<Front> {
@@ -36,6 +36,7 @@ pub async fn start(env: &Env, nodes: &[SocketAddr], workers: usize) -> anyhow::R
         .arg(dir.join("error.log"))
         .arg("-c")
         .arg(&path);
+    env.pin(&mut cmd, Side::Server);
     let mut proc = Proc::spawn("nginx", cmd, &env.dir("logs")?)
         .context("cannot start nginx: is it installed? (scripts/prereqs bench)")?;
     procs::wait_listening(&mut proc, addr, Duration::from_secs(10)).await?;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::Front;
-use crate::env::Env;
+use crate::env::{Env, Side};
 use crate::procs::{self, Proc};
 
 pub struct Node {
@@ -33,6 +33,7 @@ pub async fn start_node(env: &Env, id: &str, token: Option<&str>) -> anyhow::Res
     if let Some(t) = token {
         cmd.env("ROOMPIN_CONTROL_TOKEN", t);
     }
+    env.pin(&mut cmd, Side::Server);
     let mut proc = Proc::spawn(id, cmd, &env.dir("logs")?)?;
     // SIGINT stops a node at once; SIGTERM would drain it first.
     proc.stop_signal = libc::SIGINT;
@@ -115,7 +116,9 @@ impl Balancer {
         let mut cmd = Command::new(env.bin("roompin-balancer"));
         cmd.arg("--config")
             .arg(&config.path)
+            .args(["--threads", &env.proxy_workers().to_string()])
             .env("RUST_LOG", "warn");
+        env.pin(&mut cmd, Side::Server);
         let mut proc = Proc::spawn(name, cmd, &env.dir("logs")?)?;
         procs::wait_listening(&mut proc, config.addr, Duration::from_secs(15)).await?;
         let b = Balancer { config, proc };

@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-use super::{args, brief, cpu_window, pid_args, rotated};
+use super::{args, brief, cpu_window, pid_args, rotated, server_share};
 use crate::env::Env;
 use crate::loadgen::{self, f};
 use crate::peers::{roompin, socketio, ws, Front};
@@ -89,6 +89,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                 b["rate"] = json!(rate);
                 b["attempt"] = json!(attempt);
                 b["server_cpu_seconds"] = json!(cpu);
+                b["server_cpu_share"] = json!(server_share(&r, &sys.pids, env.cpus.server.len()));
                 // Chat frames only: roompin also sends join frames during the
                 // ramp, which the others do not have, so they are left out.
                 b["cpu_seconds_per_million_frames"] = json!(if received > 0.0 {
@@ -151,7 +152,13 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                 "cpu_seconds_per_million_frames_at_max": best.map_or(0.0, |b| f(b, "cpu_seconds_per_million_frames")),
                 "cpu_seconds_per_million_frames_at_common_rate": at_common.map_or(0.0, |b| f(b, "cpu_seconds_per_million_frames")),
                 "loadgen_cpu_seconds_at_max": best.map_or(0.0, |b| f(b, "loadgen_cpu_seconds")),
+                "loadgen_cpu_share_at_max": best.map_or(0.0, |b| f(b, "loadgen_cpu_share")),
+                "server_cpu_share_at_max": best.map_or(0.0, |b| f(b, "server_cpu_share")),
                 "reached_limit": mine.iter().any(|b| b["pass"] == false),
+                // The step that stopped it had the loadgen saturated: the
+                // maximum is the load generator's, not the server's.
+                "client_bound": mine.iter().any(|b| b["pass"] == false && b["client_bound"] == true),
+                "limit_loadgen_cpu_share": mine.iter().find(|b| b["pass"] == false).map_or(0.0, |b| f(b, "loadgen_cpu_share")),
             }),
         );
     }

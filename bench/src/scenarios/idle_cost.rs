@@ -31,8 +31,8 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                         .await?
                         .front()
                 }
-                "nginx" => nginx::start(env, &addrs, 2).await?,
-                _ => haproxy::start(env, &addrs, 2).await?,
+                "nginx" => nginx::start(env, &addrs, env.proxy_workers()).await?,
+                _ => haproxy::start(env, &addrs, env.proxy_workers()).await?,
             };
             let node_pids: Vec<u32> = nodes.iter().map(|n| n.proc.pid()).collect();
             let mut a = args(&[
@@ -71,6 +71,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                 "proxy_bytes_per_conn": per(rss_delta_bytes(&r, &front.pids)),
                 "nodes_bytes_per_conn": per(rss_delta_bytes(&r, &node_pids)),
                 "proxy_processes": front.pids.len(),
+                "loadgen_cpu_share": f(&r, "loadgen_cpu_share"),
                 "processes": r["processes"].clone(),
             }));
             drop(front);
@@ -91,7 +92,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         );
     }
     Ok(json!({
-        "params": { "conns": conns, "nodes": 3, "rounds": rounds, "proxy_threads_or_workers": 2, "ramp_per_sec": ramp },
+        "params": { "conns": conns, "nodes": 3, "rounds": rounds, "proxy_threads_or_workers": env.proxy_workers(), "ramp_per_sec": ramp },
         "runs": runs,
         "summary": summary,
     }))

@@ -1,13 +1,17 @@
 //! Scenario 4, a membership change under load: 3,000 meetings × 3 members
-//! through the balancer, each member publishing 1 msg/s. A fourth node is
-//! added by editing the balancer TOML live, then removed again. Measured:
-//! how long until no meeting is split and every member sits on its ring
-//! owner, the rooms moved against the ideal 1/N, and messages lost or
+//! behind two balancers, each member publishing 1 msg/s and picking a
+//! balancer at random on every (re)connect. A fourth node is added by
+//! editing one balancer's TOML live and the other's 1 s later (config
+//! management never updates every machine at once), then removed again the
+//! same way. Measured per step, from the moment the change reached the last
+//! balancer: how long until no meeting is split and every member sits on
+//! its ring owner, the splits seen (count and longest, from the first edit
+//! on), the rooms moved against the ideal 1/N, and messages lost or
 //! duplicated.
 //!
 //! The members here reconnect by docs/PROTOCOL.md's rules (4001: at once
 //! after 0–250 ms of jitter; otherwise exponential backoff with full
-//! jitter; always resume with `since=<last seq>&room=<welcome.room>`), and
+//! jitter; always resume with `since=<last seq>&since_room=<welcome.room>`), and
 //! they resend a message the node refused (`room_moved`) or never echoed
 //! once they are back in the room. Each message carries `<user>:<k>`, so
 //! every member can tell, without trusting the server's seqs, which
@@ -34,6 +38,8 @@ const TOKEN: &str = "bench-control-token";
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const SAMPLE: Duration = Duration::from_millis(50);
+/// The second balancer's edit lands this long after the first's.
+const SKEW: Duration = Duration::from_secs(1);
 
 /// What the sampler can see of every member, without locks.
 struct Shared {
@@ -54,6 +60,8 @@ struct Shared {
 struct Tally {
     /// Messages this member published (`k` from 0).
     published: u64,
+    /// When each was published (index `k`), to tell which step it was in.
+    published_at: Vec<Instant>,
     /// Published but never echoed back to it.
     unacked: usize,
     received: HashSet<(u8, u64)>,
@@ -93,7 +101,8 @@ struct MemberSpec {
     index: usize,
     meeting: String,
     user: u8,
-    target: SocketAddr,
+    /// The balancers; one is picked at random for every (re)connect.
+    targets: [SocketAddr; 2],
     source: IpAddr,
     connect_at: Instant,
 }
@@ -113,18 +122,19 @@ async fn member(spec: MemberSpec, shared: Arc<Shared>) -> Tally {
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
+        let target = spec.targets[rng.random_range(0..2)];
         let mut url = format!(
             "ws://{}/websocket?meeting_id={}&user={me}",
-            spec.target, spec.meeting
+            target, spec.meeting
         );
         if let Some((seq, room)) = &resume {
-            url.push_str(&format!("&since={seq}&room={room}"));
+            url.push_str(&format!("&since={seq}&since_room={room}"));
         }
         let ws = async {
             let socket = TcpSocket::new_v4()?;
             socket.set_reuseaddr(true)?;
             socket.bind(SocketAddr::new(spec.source, 0))?;
-            let stream = socket.connect(spec.target).await?;
+            let stream = socket.connect(target).await?;
             stream.set_nodelay(true)?;
             let config = WebSocketConfig::default()
                 .read_buffer_size(4096)
@@ -172,6 +182,7 @@ async fn member(spec: MemberSpec, shared: Arc<Shared>) -> Tally {
                         next_publish += Duration::from_secs(1);
                         let k = t.published;
                         t.published += 1;
+                        t.published_at.push(now);
                         let text = format!("{me}:{k}");
                         let frame = json!({"type": "message", "text": text}).to_string();
                         unacked.insert(k, frame.clone());
@@ -330,56 +341,39 @@ fn ring_owners(nodes: &[&Node], meetings: &[String]) -> Vec<u8> {
         .collect()
 }
 
-/// Edits the TOML to `nodes` and watches until every member is on its new
-/// ring owner (and a little longer, for late splits), within `cap`.
+/// Edits the first balancer's TOML to `nodes`, the second's `SKEW` later,
+/// and watches until every member is on its new ring owner (and a little
+/// longer, for late splits), within `cap` of the second edit. Convergence
+/// counts from the second edit: the change reaching the last balancer.
+/// Splits count from the first.
 async fn change(
     label: &str,
-    balancer: &Balancer,
+    balancers: [&Balancer; 2],
     nodes: &[&Node],
     meetings: &[String],
     shared: &Shared,
     cap: Duration,
     linger: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<(Value, Instant)> {
     let n = meetings.len();
     let (before, split0, away0) = snapshot(shared, n);
     let want = ring_owners(nodes, meetings);
     let ring_moves = before.iter().zip(&want).filter(|(a, b)| a != b).count();
+    let first_edit = Instant::now();
+    balancers[0].config.write(nodes)?;
+    let mut watch = SplitWatch::new(n);
+    // The skew: sample splits meanwhile (the views disagree now).
+    while first_edit.elapsed() < SKEW {
+        tokio::time::sleep(SAMPLE).await;
+        watch.sample(shared, first_edit);
+    }
     let t0 = Instant::now();
-    balancer.config.write(nodes)?;
-    let mut last_split: Option<Duration> = None;
-    let mut max_split = 0usize;
+    balancers[1].config.write(nodes)?;
     let mut converged: Option<Duration> = None;
-    let mut samples = 0u64;
-    let mut split_samples = 0u64;
     let mut after = before.clone();
-    // Per meeting, since when it has been seen split; the longest run.
-    let mut split_since: Vec<Option<Instant>> = vec![None; n];
-    let mut longest = Duration::ZERO;
-    let mut split_meetings = HashSet::new();
     while t0.elapsed() < cap {
         tokio::time::sleep(SAMPLE).await;
-        let (now, split, away, splits) = snapshot_split(shared, n);
-        let t = Instant::now();
-        for (m, is) in splits.iter().enumerate() {
-            match (split_since[m], is) {
-                (None, true) => {
-                    split_since[m] = Some(t);
-                    split_meetings.insert(m);
-                }
-                (Some(s), false) => {
-                    longest = longest.max(t - s);
-                    split_since[m] = None;
-                }
-                _ => {}
-            }
-        }
-        samples += 1;
-        if split > 0 {
-            last_split = Some(t0.elapsed());
-            split_samples += 1;
-        }
-        max_split = max_split.max(split);
+        let (now, split, away) = watch.sample(shared, first_edit);
         if converged.is_none() && away == 0 && split == 0 && now == want {
             converged = Some(t0.elapsed());
             after = now;
@@ -389,35 +383,95 @@ async fn change(
             break;
         }
     }
-    for s in split_since.into_iter().flatten() {
-        longest = longest.max(s.elapsed());
-    }
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     // 1/N of the bigger ring: the new node's share, or the removed one's.
     let ideal = n as f64 / nodes.len().max(before_members(&before)) as f64;
+    let longest = watch.longest();
     eprintln!(
-        "  {label}: converged {:?}, last split {:?}, max split {max_split}, moved {moved} (ring {ring_moves}, ideal {ideal:.0})",
-        converged, last_split
+        "  {label}: converged {:?} after the second edit, last split {:?} after the first, {} meetings split (longest {longest:?}), moved {moved} (ring {ring_moves}, ideal {ideal:.0})",
+        converged, watch.last_split, watch.split_meetings.len()
     );
-    Ok(json!({
-        "change": label,
-        "nodes_after": nodes.len(),
-        "converged_ms": converged.map(|d| d.as_millis() as u64),
-        "last_split_ms": last_split.map(|d| d.as_millis() as u64),
-        "no_split_after_ms": last_split.map_or(0, |d| d.as_millis() as u64),
-        "max_split_meetings": max_split,
-        "meetings_ever_split": split_meetings.len(),
-        // Sampled every SAMPLE: a split seen once lasted up to one sample.
-        "longest_split_ms": longest.as_millis() as u64,
-        "split_samples": split_samples,
-        "samples": samples,
-        "split_before": split0,
-        "members_away_before": away0,
-        "rooms_moved": moved,
-        "rooms_moved_by_ring": ring_moves,
-        "ideal_moved": ideal,
-        "moved_over_ideal": moved as f64 / ideal.max(1.0),
-    }))
+    Ok((
+        json!({
+            "change": label,
+            "nodes_after": nodes.len(),
+            "skew_ms": SKEW.as_millis() as u64,
+            "converged_ms": converged.map(|d| d.as_millis() as u64),
+            "last_split_ms_after_first_edit": watch.last_split.map(|d| d.as_millis() as u64),
+            "max_split_meetings": watch.max_split,
+            "meetings_ever_split": watch.split_meetings.len(),
+            // Sampled every SAMPLE: a split seen once lasted up to one sample.
+            "longest_split_ms": longest.as_millis() as u64,
+            "split_samples": watch.split_samples,
+            "samples": watch.samples,
+            "split_before": split0,
+            "members_away_before": away0,
+            "rooms_moved": moved,
+            "rooms_moved_by_ring": ring_moves,
+            "ideal_moved": ideal,
+            "moved_over_ideal": moved as f64 / ideal.max(1.0),
+        }),
+        first_edit,
+    ))
+}
+
+/// Splits seen across samples: per meeting, since when it has been split.
+struct SplitWatch {
+    split_since: Vec<Option<Instant>>,
+    longest: Duration,
+    split_meetings: HashSet<usize>,
+    last_split: Option<Duration>,
+    max_split: usize,
+    samples: u64,
+    split_samples: u64,
+}
+
+impl SplitWatch {
+    fn new(meetings: usize) -> SplitWatch {
+        SplitWatch {
+            split_since: vec![None; meetings],
+            longest: Duration::ZERO,
+            split_meetings: HashSet::new(),
+            last_split: None,
+            max_split: 0,
+            samples: 0,
+            split_samples: 0,
+        }
+    }
+
+    /// One sample; returns (nodes per meeting, meetings split, members away).
+    fn sample(&mut self, shared: &Shared, since: Instant) -> (Vec<u8>, usize, usize) {
+        let (now, split, away, splits) = snapshot_split(shared, self.split_since.len());
+        let t = Instant::now();
+        for (m, is) in splits.iter().enumerate() {
+            match (self.split_since[m], is) {
+                (None, true) => {
+                    self.split_since[m] = Some(t);
+                    self.split_meetings.insert(m);
+                }
+                (Some(s), false) => {
+                    self.longest = self.longest.max(t - s);
+                    self.split_since[m] = None;
+                }
+                _ => {}
+            }
+        }
+        self.samples += 1;
+        if split > 0 {
+            self.last_split = Some(since.elapsed());
+            self.split_samples += 1;
+        }
+        self.max_split = self.max_split.max(split);
+        (now, split, away)
+    }
+
+    fn longest(&self) -> Duration {
+        self.split_since
+            .iter()
+            .flatten()
+            .map(|s| s.elapsed())
+            .fold(self.longest, Duration::max)
+    }
 }
 
 /// Distinct nodes in use in a snapshot (for the ideal 1/N of the bigger ring).
@@ -448,7 +502,9 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
     let nodes = roompin::start_nodes(env, "mb", 4, Some(TOKEN)).await?;
     let three: Vec<&Node> = nodes[..3].iter().collect();
     let four: Vec<&Node> = nodes.iter().collect();
-    let balancer = Balancer::start(env, "mb-balancer", &three, Some(TOKEN)).await?;
+    let b1 = Balancer::start(env, "mb-balancer-1", &three, Some(TOKEN)).await?;
+    let b2 = Balancer::start(env, "mb-balancer-2", &three, Some(TOKEN)).await?;
+    let balancers = [&b1, &b2];
     let meetings: Vec<String> = (0..meetings_n).map(|i| format!("mb-{i:05}")).collect();
     let shared = Arc::new(Shared {
         node: (0..meetings_n * 3).map(|_| AtomicU8::new(0)).collect(),
@@ -471,7 +527,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                 index,
                 meeting: meeting.clone(),
                 user: u,
-                target: balancer.addr(),
+                targets: [b1.addr(), b2.addr()],
                 source: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (index % 49) as u8)),
                 connect_at: start + Duration::from_secs_f64(index as f64 / 3000.0),
             };
@@ -497,9 +553,9 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         shared.publish.store(true, Ordering::Relaxed);
         let publish_start = Instant::now();
         tokio::time::sleep(steady).await;
-        let add = change(
+        let (add, add_at) = change(
             "add a 4th node",
-            &balancer,
+            balancers,
             &four,
             &meetings,
             &shared,
@@ -508,9 +564,9 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         )
         .await?;
         tokio::time::sleep(steady).await;
-        let remove = change(
+        let (remove, remove_at) = change(
             "remove it again",
-            &balancer,
+            balancers,
             &three,
             &meetings,
             &shared,
@@ -528,7 +584,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             Duration::from_secs(3)
         })
         .await;
-        anyhow::Ok((connected_s, publish_s, add, remove))
+        anyhow::Ok((connected_s, publish_s, add, remove, [add_at, remove_at]))
     }
     .await;
     shared.stop.store(true, Ordering::Relaxed);
@@ -539,40 +595,67 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             _ => tallies.push(Tally::default()),
         }
     }
-    let (connected_s, publish_s, add, remove) = result?;
+    let (connected_s, publish_s, mut add, mut remove, step_starts) = result?;
 
     // Every member should have every message of its meeting exactly once.
+    // A message counts in the step during which it was published (before
+    // the first change: "steady").
+    let step_of = |at: Instant| step_starts.iter().filter(|s| at >= **s).count();
     let mut published = 0u64;
     let mut lost = 0u64;
+    let mut lost_by_step = [0u64; 3];
+    let mut published_by_step = [0u64; 3];
     let mut duplicates = 0u64;
     let mut unacked = 0u64;
     for m in 0..meetings_n {
         let room = &tallies[m * 3..m * 3 + 3];
-        let ids: HashSet<(u8, u64)> = room
+        let ids: Vec<((u8, u64), usize)> = room
             .iter()
             .enumerate()
-            .flat_map(|(u, t)| (0..t.published).map(move |k| (u as u8, k)))
+            .flat_map(|(u, t)| {
+                (0..t.published).map(move |k| {
+                    let at = t.published_at.get(k as usize).copied();
+                    ((u as u8, k), at.map_or(0, step_of))
+                })
+            })
             .collect();
         published += ids.len() as u64;
+        for (_, step) in &ids {
+            published_by_step[*step] += 1;
+        }
         for t in room {
-            lost += ids.iter().filter(|id| !t.received.contains(id)).count() as u64;
+            for (id, step) in &ids {
+                if !t.received.contains(id) {
+                    lost += 1;
+                    lost_by_step[*step] += 1;
+                }
+            }
             duplicates += t.duplicates;
             unacked += t.unacked as u64;
         }
     }
+    add["published"] = json!(published_by_step[1]);
+    add["lost"] = json!(lost_by_step[1]);
+    remove["published"] = json!(published_by_step[2]);
+    remove["lost"] = json!(lost_by_step[2]);
     let deliveries_expected = published * 3;
     let s = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let balancer_metrics = crate::procs::http_get(balancer.config.admin, "/metrics")
-        .map(|(_, body)| {
-            body.lines()
-                .filter(|l| {
-                    l.starts_with("roompin_balancer_rooms_moved_total")
-                        || l.starts_with("roompin_balancer_ring_epoch")
+    let balancer_metrics: Vec<String> = balancers
+        .iter()
+        .flat_map(|b| {
+            crate::procs::http_get(b.config.admin, "/metrics")
+                .map(|(_, body)| {
+                    body.lines()
+                        .filter(|l| {
+                            l.starts_with("roompin_balancer_rooms_moved_total")
+                                || l.starts_with("roompin_balancer_ring_epoch")
+                        })
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
                 })
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
+                .unwrap_or_default()
         })
-        .unwrap_or_default();
+        .collect();
     let summary = json!({
         "meetings": meetings_n,
         "members": meetings_n * 3,
@@ -581,6 +664,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         "published": published,
         "deliveries_expected": deliveries_expected,
         "lost": lost,
+        "lost_before_the_changes": lost_by_step[0],
         "duplicates": duplicates,
         "never_echoed": unacked,
         "resent": s(&shared.resent),
@@ -592,10 +676,11 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         "changes": [add, remove],
         "balancer_metrics": balancer_metrics,
     });
-    drop(balancer);
+    drop(b1);
+    drop(b2);
     drop(nodes);
     Ok(json!({
-        "params": { "meetings": meetings_n, "members_per_meeting": 3, "msgs_per_sec_per_member": 1, "steady_s": steady.as_secs(), "watch_cap_s": cap.as_secs(), "sample_ms": SAMPLE.as_millis() as u64, "vnodes": 512 },
+        "params": { "meetings": meetings_n, "members_per_meeting": 3, "msgs_per_sec_per_member": 1, "balancers": 2, "skew_ms": SKEW.as_millis() as u64, "steady_s": steady.as_secs(), "watch_cap_s": cap.as_secs(), "sample_ms": SAMPLE.as_millis() as u64, "vnodes": 512 },
         "summary": summary,
     }))
 }

@@ -1,4 +1,4 @@
-//! The five scenarios of docs/BENCHMARKS.md, one file each. Each returns a
+//! The six scenarios of docs/BENCHMARKS.md, one file each. Each returns a
 //! JSON object with its parameters, every raw run, and a `summary` that the
 //! report turns into the tables and the plot.
 
@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod idle_cost;
 pub mod membership;
 pub mod proxy_overhead;
+pub mod reconnect_storm;
 pub mod ring;
 
 use serde_json::{json, Value};
@@ -42,8 +43,47 @@ pub fn brief(r: &Value) -> Value {
         "dropped": f(r, "connections.dropped"),
         "delivered_per_sec": f(r, "delivered_per_sec"),
         "loadgen_cpu_seconds": f(r, "loadgen_cpu_seconds"),
+        "loadgen_cpu_share": f(r, "loadgen_cpu_share"),
+        "client_bound": client_bound(r),
         "duration_s": f(r, "duration_s"),
     })
+}
+
+/// The load generator runs pinned to its own core(s); a run in which it kept
+/// this share of them busy was paced by the load generator, not by the
+/// system under test, and its result says nothing about the server's limit.
+pub const CLIENT_BOUND_SHARE: f64 = 0.9;
+
+/// Whether a loadgen result was client-bound (see [`CLIENT_BOUND_SHARE`]).
+pub fn client_bound(r: &Value) -> bool {
+    f(r, "loadgen_cpu_share") >= CLIENT_BOUND_SHARE
+}
+
+/// The window CPU of the measured processes among `pids`, over the span
+/// it covers (window + drain), per server core: the servers' share of
+/// their cores.
+pub fn server_share(r: &Value, pids: &[u32], server_cores: usize) -> f64 {
+    let span = f(r, "duration_s") + f(r, "settings.drain_s");
+    if span <= 0.0 || server_cores == 0 {
+        return 0.0;
+    }
+    cpu_window_of(r, pids) / span / server_cores as f64
+}
+
+/// Window CPU seconds of the measured processes among `pids`, summed.
+pub fn cpu_window_of(r: &Value, pids: &[u32]) -> f64 {
+    r["processes"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| {
+                    pids.iter()
+                        .any(|pid| p["pid"].as_u64() == Some(*pid as u64))
+                })
+                .map(|p| f(p, "cpu_seconds_window"))
+                .sum()
+        })
+        .unwrap_or(0.0)
 }
 
 /// The median of some numbers (0 for none).

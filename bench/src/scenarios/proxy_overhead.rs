@@ -2,10 +2,14 @@
 //! nginx and HAProxy, and direct (one node). Round trips through rooms of
 //! one (loadgen `rtt`): the latency at a fixed offered rate, then the
 //! highest delivered rate whose p99 stays within 10 ms.
+//!
+//! The proxies and the nodes run on the server cores, the loadgen on its
+//! own; every run records both sides' CPU share, and a ladder step the
+//! loadgen saturated is marked client-bound.
 
 use serde_json::{json, Value};
 
-use super::{args, brief, median, pid_args, rotated, spread};
+use super::{args, brief, cpu_window_of, median, pid_args, rotated, server_share, spread};
 use crate::env::Env;
 use crate::loadgen::{self, f};
 use crate::peers::{haproxy, nginx, roompin, Front};
@@ -46,21 +50,25 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             duration: "6s",
             rounds: 5,
             ladder_conns: 100,
-            ladder_start: 4000.0,
-            ladder_factor: 1.5,
-            ladder_steps: 7,
+            // Fine steps: with proxies and nodes sharing one core the
+            // maxima sit within a few ×1.5 steps of each other.
+            ladder_start: 2000.0,
+            ladder_factor: 1.25,
+            ladder_steps: 12,
             ladder_duration: "4s",
             ladder_rounds: 2,
         }
     };
     let nodes = roompin::start_nodes(env, "px", 3, None).await?;
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let node_pids: Vec<u32> = nodes.iter().map(|n| n.proc.pid()).collect();
+    let server_cores = env.cpus.server.len();
     let refs: Vec<&roompin::Node> = nodes.iter().collect();
     let balancer = roompin::Balancer::start(env, "px-balancer", &refs, None)
         .await?
         .front();
-    let nginx = nginx::start(env, &addrs, 2).await?;
-    let haproxy = haproxy::start(env, &addrs, 2).await?;
+    let nginx = nginx::start(env, &addrs, env.proxy_workers()).await?;
+    let haproxy = haproxy::start(env, &addrs, env.proxy_workers()).await?;
     let direct = Front {
         name: "direct",
         addr: nodes[0].addr,
@@ -85,6 +93,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                 p.rate_per_conn.to_string(),
             ]);
             a.extend(pid_args(&sys.pids));
+            a.extend(pid_args(&node_pids));
             let r = loadgen::run(
                 env,
                 &format!("px-fixed-{}-r{round}", sys.name),
@@ -95,7 +104,13 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             .await?;
             let mut b = brief(&r);
             b["round"] = json!(round);
-            b["proxy_cpu_seconds"] = json!(super::cpu_window(&r));
+            b["proxy_cpu_seconds"] = json!(cpu_window_of(&r, &sys.pids));
+            b["nodes_cpu_seconds"] = json!(cpu_window_of(&r, &node_pids));
+            b["server_cpu_share"] = json!(server_share(
+                &r,
+                &[&sys.pids[..], &node_pids[..]].concat(),
+                server_cores
+            ));
             fixed.push((sys.name.to_owned(), b));
         }
     }
@@ -116,6 +131,9 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                 "p99_spread": spread(&q("p99_us")),
                 "lost": q("lost").iter().sum::<f64>(),
                 "proxy_cpu_seconds": median(q("proxy_cpu_seconds")),
+                "loadgen_cpu_share": median(q("loadgen_cpu_share")),
+                "server_cpu_share": median(q("server_cpu_share")),
+                "client_bound_runs": runs.iter().filter(|v| v["client_bound"] == true).count(),
                 "runs": runs.len(),
             }),
         );
@@ -126,13 +144,14 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
     let mut ladder: Vec<(String, Value)> = Vec::new();
     // First attempts that failed and were run again (kept for the record).
     let mut retried: Vec<(String, Value)> = Vec::new();
-    // Per system, the best passing rate of each round.
-    let mut per_round: std::collections::BTreeMap<String, Vec<(f64, bool)>> =
+    // Per system, each round's best passing rate, whether a step failed,
+    // and whether that failing step was client-bound.
+    let mut per_round: std::collections::BTreeMap<String, Vec<(f64, bool, bool)>> =
         names.iter().map(|n| (n.to_string(), Vec::new())).collect();
     for round in 0..p.ladder_rounds {
-        let mut best: std::collections::BTreeMap<String, (f64, bool)> = names
+        let mut best: std::collections::BTreeMap<String, (f64, bool, bool)> = names
             .iter()
-            .map(|n| (n.to_string(), (0.0, false)))
+            .map(|n| (n.to_string(), (0.0, false, false)))
             .collect();
         let mut rate = p.ladder_start;
         for step in 0..p.ladder_steps {
@@ -162,6 +181,8 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                     "--rate".into(),
                     format!("{per_conn:.3}"),
                 ]);
+                a.extend(pid_args(&sys.pids));
+                a.extend(pid_args(&node_pids));
                 // A failing step gets one more try: on two shared cores one
                 // stall of the machine can push a single run's p99 over.
                 let mut b = Value::Null;
@@ -173,6 +194,12 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                     };
                     let r = loadgen::run(env, &label, "rtt", &sys.addr.to_string(), &a).await?;
                     b = brief(&r);
+                    b["proxy_cpu_seconds"] = json!(cpu_window_of(&r, &sys.pids));
+                    b["server_cpu_share"] = json!(server_share(
+                        &r,
+                        &[&sys.pids[..], &node_pids[..]].concat(),
+                        server_cores
+                    ));
                     b["offered_per_sec"] = json!(rate);
                     b["round"] = json!(round);
                     b["attempt"] = json!(attempt);
@@ -190,6 +217,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                     entry.0 = entry.0.max(f(&b, "delivered_per_sec"));
                 } else {
                     entry.1 = true;
+                    entry.2 = b["client_bound"] == true;
                 }
                 ladder.push((sys.name.to_owned(), b));
             }
@@ -210,6 +238,10 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                     "per_round": rates,
                     // A system that never failed is at least this fast.
                     "reached_limit": rounds.iter().all(|r| r.1),
+                    // The step that stopped it had the loadgen saturated:
+                    // a limit of the load generator, not of the system.
+                    "limit_client_bound_rounds": rounds.iter().map(|r| r.2).collect::<Vec<bool>>(),
+                    "client_bound": rounds.iter().any(|r| r.2),
                 }),
             )
         })
@@ -219,7 +251,9 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         "params": {
             "fixed": { "conns": p.conns, "rate_per_conn": p.rate_per_conn, "offered_per_sec": offered, "duration": p.duration, "rounds": p.rounds },
             "ladder": { "conns": p.ladder_conns, "start_per_sec": p.ladder_start, "factor": p.ladder_factor, "steps": p.ladder_steps, "duration": p.ladder_duration, "rounds": p.ladder_rounds, "p99_limit_us": P99_LIMIT_US },
-            "proxy_threads": 2,
+            "proxy_threads": env.proxy_workers(),
+            "server_cpus": env.cpus.server, "client_cpus": env.cpus.client,
+            "client_bound_share": super::CLIENT_BOUND_SHARE,
         },
         "fixed_runs": fixed.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),
         "ladder_runs": ladder.iter().map(|(n, v)| json!({"system": n, "result": v})).collect::<Vec<_>>(),

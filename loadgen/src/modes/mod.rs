@@ -7,6 +7,7 @@ pub mod fanout;
 pub mod idle;
 pub mod member;
 pub mod rtt;
+pub mod storm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

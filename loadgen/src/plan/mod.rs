@@ -93,6 +93,18 @@ impl Plan {
                 let params = json!({ "conns": a.conns, "per_room": a.per_room });
                 (a.conns, a.conns, params)
             }
+            Mode::Storm(a) => {
+                at_least("--conns", a.conns, 1)?;
+                at_least("--per-room", a.per_room, 1)?;
+                if a.gap >= common.duration {
+                    bail!("--gap must be shorter than --duration: the reconnects happen in the window");
+                }
+                let params = json!({
+                    "conns": a.conns, "per_room": a.per_room, "gap_ms": a.gap.as_millis() as u64,
+                });
+                // Each member closes before it reconnects.
+                (a.conns, a.conns, params)
+            }
             Mode::Churn(a) => {
                 at_least("--rooms", a.rooms, 1)?;
                 positive("--rate", a.rate)?;

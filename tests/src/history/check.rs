@@ -1233,7 +1233,15 @@ impl<'a> Checker<'a> {
             }
             let mut waits: Vec<Duration> = Vec::new();
             let mut slowest: Option<(Duration, &Session)> = None;
-            for s in self.sessions.iter().filter(|s| inside(s.start)) {
+            // An attempt still waiting for its welcome when the history
+            // ended neither joined nor failed.
+            let decided = |s: &&Session| s.welcome.is_some() || s.end.is_some();
+            for s in self
+                .sessions
+                .iter()
+                .filter(|s| inside(s.start))
+                .filter(decided)
+            {
                 st.joins += 1;
                 match s.welcome {
                     Some(w) => {

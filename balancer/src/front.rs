@@ -1,0 +1,181 @@
+//! The public listener's application: a Pingora `ServerApp` that reads
+//! every request head itself (`read_head.rs`, `head.rs`) and then either
+//! tunnels a WebSocket upgrade (`websocket.rs`) or hands the request, its
+//! bytes put back (`replay.rs`), to Pingora's `HttpProxy` with the
+//! balancer's `ProxyHttp` (`proxy.rs`). A kept-alive connection comes back
+//! here after each request, so every request of it passes the same edge
+//! checks and every upgrade on it is tunnelled here, never by `HttpProxy`.
+//!
+//! It works on Pingora's `Stream`, whatever the transport under it: the
+//! same service takes Pingora's TLS listener (`Service::add_tls`). An
+//! HTTP/2 connection (TLS with ALPN h2) goes to `HttpProxy` whole.
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::head::{self, Kind};
+use crate::metrics::Metrics;
+use crate::outcome::Outcome;
+use crate::proxy::Proxy;
+use crate::read_head::{read_head, Deadline, NoHead};
+use crate::replay::Replayed;
+use crate::respond;
+use crate::route::{Refusal, Route};
+use crate::routing::Membership;
+use crate::tunnels::Tunnels;
+use crate::websocket;
+
+/// How long a kept-alive connection may wait for its next request: Pingora's
+/// own default for HTTP/1.1 keep-alive.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+pub struct Front {
+    pub http: Arc<HttpProxy<Proxy>>,
+    pub membership: Arc<Membership>,
+    pub metrics: Metrics,
+    pub tunnels: Arc<Tunnels>,
+}
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.http, stream, shutdown).await;
+        }
+        // The handshake phase is boxed so that it does not size the tunnel's
+        // task: a tunnel keeps nothing of it.
+        Box::pin(self.serve(stream, shutdown)).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        let cut = self.tunnels.cut_all();
+        if cut > 0 {
+            tracing::info!(tunnels = cut, "shutdown: open tunnels ended");
+        }
+        ServerApp::cleanup(&*self.http).await;
+    }
+}
+
+impl Front {
+    /// Every request of one connection, until it closes or is handed on.
+    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        let mut started = Instant::now();
+        // Set once the connection has been kept alive after a request.
+        let mut reused = false;
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            let (max, head_timeout) = {
+                let c = &self.membership.routing().config;
+                (
+                    c.max_request_head_bytes,
+                    Duration::from_millis(c.request_head_timeout_ms),
+                )
+            };
+            let deadline = match reused {
+                false => Deadline::Whole((started + head_timeout).into()),
+                true => Deadline::AfterIdle {
+                    idle: (Instant::now() + KEEPALIVE).into(),
+                    head: head_timeout,
+                },
+            };
+            let mut watch = shutdown.clone();
+            let stopping = async move {
+                while !*watch.borrow_and_update() {
+                    if watch.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let head = match read_head(&mut stream, max, deadline, stopping).await {
+                Ok(h) => h,
+                Err(e) => return self.no_head(stream, e, max, head_timeout, started).await,
+            };
+            if reused {
+                started = Instant::now();
+            }
+            let req = match head::inspect(&head.buf[..head.head_len]) {
+                Ok(req) => req,
+                Err((route, r)) => return self.refuse(stream, route, r, started).await,
+            };
+            if req.kind == Kind::WebSocket {
+                return websocket::serve(self, stream, head, req, started).await;
+            }
+            // Pingora's proxy serves it, from the bytes already read.
+            let replayed: Stream = Box::new(Replayed::new(head.buf, stream));
+            let mut session = ServerSession::new_http1(replayed);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None if reused => session.set_keepalive(Some(KEEPALIVE.as_secs())),
+                None => {
+                    session.set_keepalive(Some(KEEPALIVE.as_secs()));
+                    session.set_keepalive_reuses_remaining(
+                        self.http
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            let Some(kept) = self.http.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (next, persistent) = kept.consume();
+            let Some(next) = Replayed::unwrap(next) else {
+                return;
+            };
+            stream = next;
+            settings = persistent;
+            reused = true;
+        }
+    }
+
+    /// No head: say why if there is anyone to tell, then close.
+    async fn no_head(
+        &self,
+        stream: Stream,
+        e: NoHead,
+        max: usize,
+        timeout: Duration,
+        started: Instant,
+    ) {
+        let refusal = match e {
+            NoHead::TooLarge => {
+                Refusal::new(431, format!("request head larger than {max} bytes\n"))
+            }
+            NoHead::TimedOut { partial: true } => Refusal::new(
+                408,
+                format!(
+                    "the request head did not arrive within {} ms\n",
+                    timeout.as_millis()
+                ),
+            ),
+            // Nothing started (an idle connection, a shutdown) or nobody
+            // left to answer.
+            NoHead::TimedOut { partial: false }
+            | NoHead::Closed { .. }
+            | NoHead::Shutdown
+            | NoHead::Io(_) => return,
+        };
+        self.refuse(stream, Route::Other, refusal, started).await
+    }
+
+    async fn refuse(&self, mut stream: Stream, route: Route, r: Refusal, started: Instant) {
+        let mut outcome = Outcome::new(route, started);
+        outcome.status = r.status;
+        outcome.record(&self.metrics, Some(r.reason.trim_end()));
+        respond::and_close(&mut stream, &respond::plain(r.status, &r.reason)).await;
+    }
+}
