@@ -10,6 +10,7 @@ pub mod edge;
 pub mod event;
 pub mod fence;
 pub mod guard;
+pub mod heap;
 pub mod history;
 pub mod http;
 pub mod lease;
@@ -60,6 +61,14 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(node = %node.id, %listen, control = node.settings.control_token.is_some(), "roompin-node started");
+    if let Some((background_thread, dirty_decay_ms, muzzy_decay_ms)) = heap::purging() {
+        tracing::info!(
+            background_thread,
+            dirty_decay_ms,
+            muzzy_decay_ms,
+            "jemalloc gives freed memory back"
+        );
+    }
 
     let none = tracing::Span::none;
     tasks::spawn(&node, tasks::REAPER, none(), reap(node.clone(), room_idle));

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub http_timeouts: IntCounterVec,
     pub sockets: IntGauge,
     pub socket_evictions: IntCounter,
+    pub control_refusals: IntCounterVec,
+    pub heap_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -166,6 +168,16 @@ impl Metrics {
                 "roompin_node_socket_evictions_total",
                 "Connections with no request in flight closed at max_sockets to make room for a new one"
             )?,
+            control_refusals: register_int_counter_vec!(
+                "roompin_node_control_refusals_total",
+                "/control/* requests refused, by reason (unauthorized 401, disabled 403, too_large 413, bad_body 400)",
+                &["reason"]
+            )?,
+            heap_bytes: register_int_gauge_vec!(
+                "roompin_node_heap_bytes",
+                "The allocator's (jemalloc's) own counts, read at each scrape, by kind (allocated, active, resident, metadata, retained)",
+                &["kind"]
+            )?,
         }
         .with_labels_at_zero())
     }
@@ -185,6 +197,12 @@ impl Metrics {
         }
         for failure in roompin_shared::auth::Failure::ALL {
             self.auth_failures.with_label_values(&[failure.label()]);
+        }
+        for kind in crate::heap::KINDS {
+            self.heap_bytes.with_label_values(&[kind]);
+        }
+        for reason in crate::control::REFUSALS {
+            self.control_refusals.with_label_values(&[reason]);
         }
         for limit in crate::guard::LIMITS {
             self.limit_refusals.with_label_values(&[limit]);
