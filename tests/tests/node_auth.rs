@@ -83,6 +83,26 @@ fn hs() -> Value {
     json!({"alg": "HS256", "typ": "JWT"})
 }
 
+/// RS256 by hand: PKCS#1 v1.5 over SHA-256 of `header.claims` (RFC 7518
+/// 3.3), with the `rsa` crate, not jsonwebtoken.
+fn rs256_by_hand(claims: &Value) -> String {
+    use rsa::pkcs8::DecodePrivateKey;
+    use sha2::Digest;
+    let pem = std::fs::read_to_string(testdata("rsa-private.pem")).expect("test key");
+    let key = rsa::PrivateKey::from_pkcs8_pem(&pem).expect("a PKCS#8 RSA key");
+    let input = format!(
+        "{}.{}",
+        B64.encode(json!({"alg": "RS256", "typ": "JWT"}).to_string()),
+        B64.encode(claims.to_string())
+    );
+    let digest = sha2::Sha256::digest(input.as_bytes());
+    let signature = key
+        .sign(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest)
+        .expect("sign RS256");
+    format!("{input}.{}", B64.encode(signature))
+}
+
+/// RS256 with roompin-shared's own minting (jsonwebtoken).
 fn rs256(sub: &str, meeting: &str) -> String {
     let pem = std::fs::read(testdata("rsa-private.pem")).expect("test key");
     let c = Claims {
@@ -120,6 +140,11 @@ async fn tokens_are_checked_at_the_node() {
         .await
         .expect("RS256 verifies");
     rae.expect_next("join").await;
+    let rsa_hand = rs256_by_hand(&claims("rob", m, 600));
+    let mut rob = WsClient::connect(&ws(&format!("token={rsa_hand}")))
+        .await
+        .expect("RS256 signed by hand verifies");
+    rob.expect_next("join").await;
     // In Authorization: Bearer, as a native client sends it.
     let mut req = node
         .ws_url(&format!("meeting_id={m}"))
@@ -141,6 +166,11 @@ async fn tokens_are_checked_at_the_node() {
     let tampered = {
         let mut parts: Vec<String> = cli.split('.').map(str::to_owned).collect();
         parts[1] = B64.encode(claims("ann", "board", 3600).to_string());
+        parts.join(".")
+    };
+    let rsa_tampered = {
+        let mut parts: Vec<String> = rsa_hand.split('.').map(str::to_owned).collect();
+        parts[1] = B64.encode(claims("rob", "board", 600).to_string());
         parts.join(".")
     };
     let alg_none = format!(
@@ -165,6 +195,12 @@ async fn tokens_are_checked_at_the_node() {
             "not valid yet",
         ),
         ("tampered", format!("token={tampered}"), 401, "signature"),
+        (
+            "RS256 tampered",
+            format!("token={rsa_tampered}"),
+            401,
+            "signature",
+        ),
         ("alg none", format!("token={alg_none}"), 401, "alg: none"),
         (
             "unknown secret",
@@ -281,7 +317,7 @@ async fn tokens_are_checked_at_the_node() {
         .unwrap_or(0.0);
         assert!(v >= 1.0, "{reason}: {v}\n{text}");
     }
-    drop((bob, rae, dee));
+    drop((bob, rae, rob, dee));
 }
 
 #[tokio::test]
