@@ -403,12 +403,9 @@ fn build(balancer_id: &str, inner: &mut Inner, metrics: &Metrics) -> Routing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::OnceLock;
 
     fn metrics() -> Metrics {
-        static M: OnceLock<Metrics> = OnceLock::new();
-        M.get_or_init(|| Metrics::register().expect("metrics register once"))
-            .clone()
+        Metrics::for_tests()
     }
 
     /// Health after each check, from a fresh member: `unhealthy_after` 3,
