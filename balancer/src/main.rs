@@ -5,12 +5,32 @@
 //! that read the same TOML.
 
 mod route_cmd;
+mod token_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use roompin_shared::logging::{self, LogFormat};
+
+/// jemalloc, set to give freed memory back to the system: its background
+/// thread (the `background_threads` feature) purges dirty pages after
+/// `dirty_decay_ms`, so the memory an attack took comes back within
+/// seconds once it ends (docs/SECURITY.md). `_RJEM_MALLOC_CONF` in the
+/// environment overrides these settings.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[repr(transparent)]
+pub struct MallocConf(*const std::ffi::c_char);
+// SAFETY: a pointer to a constant string, never written.
+unsafe impl Sync for MallocConf {}
+
+/// Read by jemalloc at start (the symbol's name carries the crate's
+/// `_rjem_` prefix).
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,6 +80,9 @@ enum Command {
     /// Which node owns a meeting, and which would own it if that node
     /// failed: answered offline from the TOML, with the balancer's own ring.
     Route(route_cmd::RouteArgs),
+    /// Mints a join token for a meeting and a user, signed with the first
+    /// of `[auth] hs256_secrets`: for operators and tests.
+    Token(token_cmd::TokenArgs),
 }
 
 fn main() {
@@ -68,6 +91,12 @@ fn main() {
         Some(Command::Route(args)) => {
             if let Err(e) = route_cmd::run(&args) {
                 eprintln!("roompin-balancer route: {e:#}");
+                std::process::exit(2);
+            }
+        }
+        Some(Command::Token(args)) => {
+            if let Err(e) = token_cmd::run(&args) {
+                eprintln!("roompin-balancer token: {e:#}");
                 std::process::exit(2);
             }
         }

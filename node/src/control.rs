@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use crate::node::Node;
 use roompin_shared::control::{
-    AbortReply, AbortRequest, HandoffAck, HandoffBatch, HandoffOutcome, Holding, PublishBatch,
-    PublishReply, Published, RingView, RoomInfo, RoomsReport, ViewAck, WhereReply, WhereRequest,
-    AUTHORIZATION,
+    bearer_matches, AbortReply, AbortRequest, HandoffAck, HandoffBatch, HandoffOutcome, Holding,
+    PublishBatch, PublishReply, Published, RingView, RoomInfo, RoomsReport, ViewAck, WhereReply,
+    WhereRequest, AUTHORIZATION,
 };
 use roompin_shared::protocol::check_user;
 use roompin_shared::MeetingId;
@@ -29,28 +29,45 @@ const HANDOFF_LIMIT: usize = 128 << 20;
 const ABORT_LIMIT: usize = 64 << 10;
 const PUBLISH_LIMIT: usize = 16 << 20;
 
-/// Why a control request is refused, or `None` if it is authorized.
+/// The `reason` label of `roompin_node_control_refusals_total`.
+pub const REFUSALS: [&str; 4] = ["unauthorized", "disabled", "too_large", "bad_body"];
+
+fn refuse(node: &Node, reason: &'static str, status: StatusCode, text: String) -> Response {
+    node.metrics
+        .control_refusals
+        .with_label_values(&[reason])
+        .inc();
+    (status, text).into_response()
+}
+
+/// Why a control request is refused, or `None` if it is authorized. Only
+/// the headers are looked at: an unauthenticated body is never read.
 fn refusal(node: &Node, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &node.settings.control_token else {
         let reason = "control endpoint disabled: this node has no control_token\n";
-        return Some((StatusCode::FORBIDDEN, reason).into_response());
+        return Some(refuse(
+            node,
+            "disabled",
+            StatusCode::FORBIDDEN,
+            reason.into(),
+        ));
     };
-    let sent = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Compare in constant time, so the token cannot be guessed byte by byte.
-    let ok = sent.is_some_and(|s| {
-        s.len() == token.len()
-            && s.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    (!ok).then(|| (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response())
+    // Compared in constant time, so the token cannot be guessed byte by
+    // byte.
+    let ok = bearer_matches(headers.get(AUTHORIZATION).map(|v| v.as_bytes()), token);
+    (!ok).then(|| {
+        let reason = "missing or wrong bearer token\n";
+        refuse(
+            node,
+            "unauthorized",
+            StatusCode::UNAUTHORIZED,
+            reason.into(),
+        )
+    })
 }
 
-/// The token first, then at most `limit` bytes of body, then JSON.
+/// The token first, then at most `limit` bytes of body, then JSON. A
+/// `Content-Length` over the limit is refused before a byte is read.
 async fn authorized<T: DeserializeOwned>(
     node: &Node,
     headers: &HeaderMap,
@@ -60,13 +77,23 @@ async fn authorized<T: DeserializeOwned>(
     if let Some(refusal) = refusal(node, headers) {
         return Err(refusal);
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let too_large = || {
         let reason = format!("body over the limit of {limit} bytes, or unreadable\n");
-        (StatusCode::PAYLOAD_TOO_LARGE, reason).into_response()
-    })?;
+        refuse(node, "too_large", StatusCode::PAYLOAD_TOO_LARGE, reason)
+    };
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
     serde_json::from_slice(&bytes).map_err(|e| {
         let reason = format!("body is not the expected JSON: {e}\n");
-        (StatusCode::BAD_REQUEST, reason).into_response()
+        refuse(node, "bad_body", StatusCode::BAD_REQUEST, reason)
     })
 }
 

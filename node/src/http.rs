@@ -41,8 +41,10 @@ async fn healthz(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// The registered metrics, plus the members-per-room histogram, which is
-/// sampled from the live rooms right now (see `metrics::room_members`).
+/// sampled from the live rooms right now (see `metrics::room_members`),
+/// with the allocator's counts read just before (`heap`).
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    crate::heap::sample(&node.metrics.heap_bytes);
     let mut families = prometheus::gather();
     let sizes = node
         .placement

@@ -5,12 +5,16 @@
 
 pub mod claim;
 pub mod control;
+pub mod deadline;
 pub mod edge;
 pub mod event;
 pub mod fence;
+pub mod guard;
+pub mod heap;
 pub mod history;
 pub mod http;
 pub mod lease;
+pub mod limits;
 pub mod liveness;
 pub mod metrics;
 pub mod mover;
@@ -23,13 +27,14 @@ pub mod publish;
 pub mod relay;
 pub mod room;
 pub mod shutdown;
+pub mod sockets;
 pub mod sse;
 pub mod tasks;
 pub mod writer;
 pub mod ws;
 
 use anyhow::Context;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,10 +55,20 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
     }
     let room_idle = Duration::from_millis(settings.room_idle_ms);
     let (node, move_orders) = node::Node::new(id, listen, settings, metrics);
+    // Loads the [auth] keys: a bad key file stops the node here.
+    let guard = guard::Guard::new(node.clone())?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(node = %node.id, %listen, control = node.settings.control_token.is_some(), "roompin-node started");
+    if let Some((background_thread, dirty_decay_ms, muzzy_decay_ms)) = heap::purging() {
+        tracing::info!(
+            background_thread,
+            dirty_decay_ms,
+            muzzy_decay_ms,
+            "jemalloc gives freed memory back"
+        );
+    }
 
     let none = tracing::Span::none;
     tasks::spawn(&node, tasks::REAPER, none(), reap(node.clone(), room_idle));
@@ -71,8 +86,33 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
         shutdown::on_signals(node.clone()),
     );
 
-    let app = http::router(node.clone()).layer(axum::middleware::from_fn(edge::rules));
-    accept(&node, listener, app).await;
+    // Outermost last: the body deadline, then the HTTP rules, then the
+    // token and limits of the member routes.
+    let body_deadline = Arc::new(deadline::BodyDeadline {
+        timeout: limits::ms(node.settings.request_body_timeout_ms),
+        metrics: node.metrics.clone(),
+    });
+    let app = http::router(node.clone())
+        .layer(axum::middleware::from_fn_with_state(guard, guard::members))
+        .layer(axum::middleware::from_fn(edge::rules))
+        .layer(axum::middleware::from_fn_with_state(
+            body_deadline,
+            deadline::body,
+        ));
+    let cap = sockets::cap(node.settings.max_sockets, sockets::fd_limit());
+    if cap < node.settings.max_sockets {
+        tracing::warn!(
+            max_sockets = node.settings.max_sockets,
+            cap,
+            "max_sockets is above the descriptor limit less a reserve; holding to {cap}"
+        );
+    }
+    let sockets = sockets::Sockets::new(
+        cap,
+        node.metrics.sockets.clone(),
+        node.metrics.socket_evictions.clone(),
+    );
+    accept(&node, listener, app, sockets).await;
 
     node.tasks.close();
     if tokio::time::timeout(STOP_CAP, node.tasks.wait())
@@ -104,9 +144,25 @@ async fn reap(node: std::sync::Arc<node::Node>, idle: Duration) {
 
 /// Accepts connections until the node stops. Each connection is a task on
 /// the node's tracker, so shutdown waits for it (and for the SSE streams
-/// it carries), and a panic in any handler is counted.
-async fn accept(node: &Arc<node::Node>, listener: TcpListener, app: axum::Router) {
-    let user_timeout = Duration::from_millis(node.settings.tcp_user_timeout_ms);
+/// it carries), and a panic in any handler is counted. Each is counted
+/// against `max_sockets` (`sockets.rs`) and held to the head, body and
+/// keep-alive deadlines.
+async fn accept(
+    node: &Arc<node::Node>,
+    listener: TcpListener,
+    app: axum::Router,
+    sockets: Arc<sockets::Sockets>,
+) {
+    let s = &node.settings;
+    let user_timeout = Duration::from_millis(s.tcp_user_timeout_ms);
+    let keep_alive = limits::ms(s.keep_alive_timeout_ms);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        // Whole heads, from the connection's start or the last response:
+        // one byte a minute does not keep a head open.
+        .header_read_timeout(limits::ms(s.request_head_timeout_ms))
+        .max_buf_size(s.max_request_head_bytes)
+        .max_headers(s.max_request_headers);
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -118,24 +174,54 @@ async fn accept(node: &Arc<node::Node>, listener: TcpListener, app: axum::Router
             },
             _ = node.shutdown.cancelled() => return,
         };
+        let conn = match sockets.admit() {
+            sockets::Admit::Open(conn) => conn,
+            sockets::Admit::Refuse => {
+                node.metrics
+                    .limit_refusals
+                    .with_label_values(&[guard::LIMIT_SOCKETS])
+                    .inc();
+                sockets::refuse(&tcp, sockets.max());
+                continue;
+            }
+        };
         configure(&tcp, user_timeout);
-        let service = TowerToHyperService::new(app.clone());
+        let inner = TowerToHyperService::new(app.clone());
+        let tracked = conn.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let busy = tracked.begin();
+            let response = hyper::service::Service::call(&inner, req);
+            async move { response.await.map(|r| busy.finish(r)) }
+        });
+        let io = TokioIo::new(conn.wrap(tcp));
         let stop = node.shutdown.clone();
+        let http = http.clone();
+        let metrics = node.metrics.clone();
         tasks::spawn(node, tasks::CONNECTION, tracing::Span::none(), async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
+            let served = http.serve_connection(io, service).with_upgrades();
+            tokio::pin!(served);
             let done = tokio::select! {
-                done = conn.as_mut() => done,
+                done = served.as_mut() => done,
                 _ = stop.cancelled() => {
                     // Ends the connection after the request in flight (an
                     // SSE stream ends with its session).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+                // Dropping the connection closes its socket.
+                _ = conn.evicted() => return,
+                _ = conn.kept_alive_for(keep_alive) => {
+                    metrics.http_timeouts.with_label_values(&[deadline::PHASE_KEEP_ALIVE]).inc();
+                    return;
                 }
             };
             if let Err(e) = done {
+                if e.is_timeout() {
+                    metrics
+                        .http_timeouts
+                        .with_label_values(&[deadline::PHASE_HEAD])
+                        .inc();
+                }
                 tracing::debug!(error = %e, "http connection ended");
             }
         });

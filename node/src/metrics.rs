@@ -35,6 +35,15 @@ pub struct Metrics {
     pub relayed: IntCounterVec,
     pub fenced: IntGauge,
     pub task_panics: IntCounterVec,
+    // What facing the internet costs (docs/SECURITY.md).
+    pub auth_failures: IntCounterVec,
+    pub limit_refusals: IntCounterVec,
+    pub rate_limited: IntCounter,
+    pub http_timeouts: IntCounterVec,
+    pub sockets: IntGauge,
+    pub socket_evictions: IntCounter,
+    pub control_refusals: IntCounterVec,
+    pub heap_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -132,6 +141,43 @@ impl Metrics {
                 "Tasks that panicked, by task (websocket, writer, connection, reaper, mover, fence, signals, claim, handoff, peer, relay); each is also logged at error",
                 &["task"]
             )?,
+            auth_failures: register_int_counter_vec!(
+                "roompin_node_auth_failures_total",
+                "Member requests refused for their join token (401, 403), by reason",
+                &["reason"]
+            )?,
+            limit_refusals: register_int_counter_vec!(
+                "roompin_node_limit_refusals_total",
+                "Requests refused with 503 at a limit, by limit (connections, rooms, sockets)",
+                &["limit"]
+            )?,
+            rate_limited: register_int_counter!(
+                "roompin_node_rate_limited_total",
+                "Client WebSocket frames over the client's rate limit (messages not published, pings counted)"
+            )?,
+            http_timeouts: register_int_counter_vec!(
+                "roompin_node_http_timeouts_total",
+                "HTTP connections or requests cut at a deadline, by phase (head, body, keep_alive)",
+                &["phase"]
+            )?,
+            sockets: register_int_gauge!(
+                "roompin_node_sockets",
+                "TCP connections held, of any kind (HTTP, WebSocket, SSE), against max_sockets"
+            )?,
+            socket_evictions: register_int_counter!(
+                "roompin_node_socket_evictions_total",
+                "Connections with no request in flight closed at max_sockets to make room for a new one"
+            )?,
+            control_refusals: register_int_counter_vec!(
+                "roompin_node_control_refusals_total",
+                "/control/* requests refused, by reason (unauthorized 401, disabled 403, too_large 413, bad_body 400)",
+                &["reason"]
+            )?,
+            heap_bytes: register_int_gauge_vec!(
+                "roompin_node_heap_bytes",
+                "The allocator's (jemalloc's) own counts, read at each scrape, by kind (allocated, active, resident, metadata, retained)",
+                &["kind"]
+            )?,
         }
         .with_labels_at_zero())
     }
@@ -145,6 +191,21 @@ impl Metrics {
         }
         for outcome in ["create", "relay", "await_handoff", "retry"] {
             self.claim_rounds.with_label_values(&[outcome]);
+        }
+        for phase in crate::deadline::PHASES {
+            self.http_timeouts.with_label_values(&[phase]);
+        }
+        for failure in roompin_shared::auth::Failure::ALL {
+            self.auth_failures.with_label_values(&[failure.label()]);
+        }
+        for kind in crate::heap::KINDS {
+            self.heap_bytes.with_label_values(&[kind]);
+        }
+        for reason in crate::control::REFUSALS {
+            self.control_refusals.with_label_values(&[reason]);
+        }
+        for limit in crate::guard::LIMITS {
+            self.limit_refusals.with_label_values(&[limit]);
         }
         self
     }

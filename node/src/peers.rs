@@ -103,7 +103,9 @@ impl Peers {
             me,
             token,
             client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                // Below the peers' keep_alive_timeout_ms (5 s by default), so
+                // that a pooled connection is never reused as the peer closes it.
+                .pool_idle_timeout(Duration::from_secs(4))
                 .build(connector),
             queues: Mutex::new(HashMap::new()),
             tasks,

@@ -11,6 +11,7 @@ use axum::Json;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::guard;
 use crate::node::{unavailable, Admitted, Node};
 use crate::params::{validate_user, JoinParams};
 use crate::placement::{PublishRoute, MOVING};
@@ -24,10 +25,11 @@ use roompin_shared::MeetingId;
 const MOVE_WAIT: Duration = Duration::from_secs(3);
 
 pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
-    let params = match JoinParams::parse(req.uri().query()) {
+    let mut params = match JoinParams::parse(req.uri().query()) {
         Ok(p) => p,
         Err(refusal) => return refusal.into_response(),
     };
+    guard::admitted(&req, &mut params);
     let (parts, body) = req.into_parts();
     let limit = node.settings.max_message_bytes;
     // A declared length over the cap is refused before any of the body is
@@ -52,6 +54,12 @@ pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
         Ok(r) => r,
         Err(refusal) => return refusal.into_response(),
     };
+    let admission = parts.extensions.get::<guard::Admission>();
+    if let Some(refused) =
+        guard::body_user_refusal(&node.metrics, admission, request.user.as_deref())
+    {
+        return refused;
+    }
     let room = match node.admit(&params.meeting_id, &parts.headers).await {
         Admitted::Here(room) => room,
         Admitted::Relay(holder) => return relay::publish(&node, &holder, &parts, body).await,

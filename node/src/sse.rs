@@ -23,6 +23,8 @@ use tokio::time::Interval;
 use tracing::Instrument;
 
 use crate::event::{Event, Kick};
+use crate::guard;
+use crate::limits::Slot;
 use crate::metrics::Transport;
 use crate::node::{unavailable, Admitted, Node};
 use crate::params::JoinParams;
@@ -39,6 +41,8 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
         Ok(p) => p,
         Err(refusal) => return refusal.into_response(),
     };
+    // The token's user, and this stream's place under max_connections.
+    let slot = guard::admitted(&req, &mut params);
     if let Some(last) = req.headers().get("last-event-id") {
         match last
             .to_str()
@@ -111,6 +115,7 @@ pub async fn stream(State(node): State<Arc<Node>>, req: Request) -> Response {
         done: false,
         close: None,
         span,
+        _slot: slot,
     };
     let body = futures_util::stream::unfold(state, |mut st| async move {
         let span = st.span.clone();
@@ -143,6 +148,7 @@ struct Listener {
     close: Option<u16>,
     span: tracing::Span,
     _open: OpenConnection,
+    _slot: Option<Slot>,
 }
 
 impl Listener {

@@ -173,6 +173,7 @@ pub fn reason(code: u16) -> &'static str {
         close::PROTOCOL_ERROR => close::PROTOCOL_ERROR_REASON,
         close::INVALID_DATA => close::INVALID_DATA_REASON,
         close::INTERNAL => close::INTERNAL_REASON,
+        close::POLICY_VIOLATION => close::RATE_LIMITED_REASON,
         _ => "",
     }
 }

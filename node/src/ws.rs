@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{Event, Kick};
+use crate::limits::{Rate, RateLimit};
 use crate::liveness::Liveness;
 use crate::metrics::Transport;
 use crate::node::{Admitted, Node};
@@ -31,7 +32,7 @@ use crate::params::JoinParams;
 use crate::relay;
 use crate::room::{MemberHandle, Room};
 use crate::writer::{self, OpenConnection, CLOSE_TIMEOUT, VANISHED};
-use crate::{shutdown, tasks};
+use crate::{guard, shutdown, tasks};
 use roompin_shared::protocol::{close, error_code, ClientFrame, ServerEvent};
 
 /// How long a kicked client has to answer our close frame.
@@ -39,14 +40,19 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The same once the node is stopping: it waits for all sessions at most
 /// 5 s, and the writer may need up to `CLOSE_TIMEOUT` to send the close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long a client that broke a rule may go on sending, unread, while
+/// its close goes out.
+const LINGER: Duration = Duration::from_secs(1);
 /// How long the writer may take to finish once the reader is done.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
 
 pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
-    let params = match JoinParams::parse(req.uri().query()) {
+    let mut params = match JoinParams::parse(req.uri().query()) {
         Ok(p) => p,
         Err(refusal) => return refusal.into_response(),
     };
+    // The token's user, and this session's place under max_connections.
+    let slot = guard::admitted(&req, &mut params);
     let key = match websocket_key(&req) {
         Ok(key) => key,
         Err(refusal) => return refusal.into_response(),
@@ -67,6 +73,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     );
     let session_node = node.clone();
     tasks::spawn(&node, tasks::WEBSOCKET, span, async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => run(session_node, params, room, conn_id, TokioIo::new(upgraded)).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
@@ -91,6 +98,8 @@ enum BadUpgrade {
     Unusable(&'static str),
     /// An upgrade with a malformed `Sec-WebSocket-Key`: 400.
     BadKey,
+    /// An upgrade with a body, whose bytes would be read as frames: 400.
+    WithBody,
 }
 
 impl IntoResponse for BadUpgrade {
@@ -109,6 +118,11 @@ impl IntoResponse for BadUpgrade {
             BadUpgrade::BadKey => (
                 StatusCode::BAD_REQUEST,
                 "Sec-WebSocket-Key must be 16 bytes in base64 (24 characters), given once\n",
+            )
+                .into_response(),
+            BadUpgrade::WithBody => (
+                StatusCode::BAD_REQUEST,
+                "a WebSocket upgrade must not have a body\n",
             )
                 .into_response(),
         }
@@ -136,6 +150,12 @@ fn websocket_key(req: &Request) -> Result<String, BadUpgrade> {
         return Err(BadUpgrade::Unusable(
             "unsupported Sec-WebSocket-Version: this node speaks version 13\n",
         ));
+    }
+    let empty = h
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v.as_bytes() == b"0");
+    if !empty || h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(BadUpgrade::WithBody);
     }
     let mut keys = h.get_all(header::SEC_WEBSOCKET_KEY).iter();
     let Some(key) = keys.next() else {
@@ -263,6 +283,12 @@ where
     let stop = node.shutdown.cancelled();
     tokio::pin!(stop);
     let mut stopping = false;
+    let mut rate = RateLimit::new(
+        s.messages_per_second,
+        s.message_burst,
+        s.rate_limit_close_after,
+        std::time::Instant::now(),
+    );
     let end = loop {
         let frame = tokio::select! {
             biased;
@@ -277,6 +303,31 @@ where
             frame = stream.next() => frame,
         };
         liveness.seen();
+        // Every frame but a close takes a token: pings flood as well as
+        // messages do.
+        if let Some(Ok(msg)) = frame
+            .as_ref()
+            .filter(|f| !matches!(f, Ok(Message::Close(_))))
+        {
+            match rate.check(std::time::Instant::now()) {
+                Rate::Pass => {}
+                Rate::Refuse => {
+                    node.metrics.rate_limited.inc();
+                    if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                        reply_error(
+                            &tx,
+                            error_code::RATE_LIMITED,
+                            "over the rate limit: not delivered; slow down",
+                        );
+                    }
+                    continue;
+                }
+                Rate::Close => {
+                    node.metrics.rate_limited.inc();
+                    break ReadEnd::Violation(close::POLICY_VIOLATION);
+                }
+            }
+        }
         match frame {
             Some(Ok(Message::Text(text))) => {
                 // A kicked member is out of the room: it publishes nothing.
@@ -315,6 +366,17 @@ where
         }
         ReadEnd::Violation(code) => {
             kick.kick(code);
+            // Read on, discarding, while the close goes out: frames the
+            // client sent after the one at fault (a flood), left unread,
+            // would reset the connection before the client reads our close.
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if frame.is_close() {
+                        break;
+                    }
+                }
+            })
+            .await;
             None
         }
         ReadEnd::Vanished => {

@@ -6,7 +6,7 @@ use crate::ring::Member;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Ring points per unit of weight. 160 (nginx's choice) leaves the busiest
 /// of three nodes about 12% over the mean; 512 keeps it under 10% and still
@@ -76,6 +76,9 @@ pub struct BalancerConfig {
     pub push_interval_ms: u64,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Join tokens: when set, every member request needs one (`auth.rs`).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
     #[serde(rename = "upstream", default)]
     pub upstreams: Vec<UpstreamConfig>,
 
@@ -122,6 +125,95 @@ impl Default for HealthConfig {
             unhealthy_after: 2,
             healthy_after: 2,
         }
+    }
+}
+
+/// `[auth]`: the same section in the balancer's file and in each node's.
+/// With it, every `/websocket`, `/sse` and `/messages` request needs a join
+/// token (a JWT; `auth.rs` checks it). Secrets stay out of `Debug`, so a
+/// config logged whole does not leak them.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secrets; a token signed with any of them verifies, so a secret
+    /// rotates with the old and the new one listed together. The first one
+    /// signs what `roompin-balancer token` mints.
+    #[serde(default)]
+    pub hs256_secrets: Vec<String>,
+    /// PEM files of public keys (RSA for RS256, P-256 for ES256, Ed25519
+    /// for EdDSA). A relative path is taken from the config file's folder.
+    #[serde(default)]
+    pub public_keys: Vec<PathBuf>,
+    /// When set, a token's `iss` must be this.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` must name this.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway_seconds")]
+    pub leeway_seconds: u64,
+}
+
+/// RFC 7518 3.2: an HS256 key must be at least as long as the hash, 256
+/// bits; a shorter one can be brute-forced offline from any token.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+/// The most clock skew `leeway_seconds` may allow.
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
+
+fn default_leeway_seconds() -> u64 {
+    30
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "hs256_secrets",
+                &format_args!("[{} redacted]", self.hs256_secrets.len()),
+            )
+            .field("public_keys", &self.public_keys)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_seconds", &self.leeway_seconds)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// What can be checked without reading the key files (those are read
+    /// and checked when the verifier is built, `auth::Verifier::new`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hs256_secrets.is_empty() && self.public_keys.is_empty() {
+            return Err(
+                "[auth] has neither `hs256_secrets` nor `public_keys`: no token could ever verify"
+                    .into(),
+            );
+        }
+        for (i, secret) in self.hs256_secrets.iter().enumerate() {
+            if secret.len() < MIN_HS256_SECRET_BYTES {
+                return Err(format!(
+                    "[auth] hs256_secrets #{}: {} bytes; at least {MIN_HS256_SECRET_BYTES} are needed (RFC 7518 3.2)",
+                    i + 1,
+                    secret.len()
+                ));
+            }
+        }
+        if self.public_keys.iter().any(|p| p.as_os_str().is_empty()) {
+            return Err("[auth] public_keys: an empty path".into());
+        }
+        for (key, value) in [("issuer", &self.issuer), ("audience", &self.audience)] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("[auth] `{key}` is empty: leave it out instead"));
+            }
+        }
+        if self.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(format!(
+                "[auth] `leeway_seconds` = {} is over {MAX_LEEWAY_SECONDS}",
+                self.leeway_seconds
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -197,6 +289,9 @@ impl BalancerConfig {
         if h.interval_ms == 0 || h.timeout_ms == 0 || h.unhealthy_after == 0 || h.healthy_after == 0
         {
             return Err("[health]: every value must be at least 1".into());
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
         }
         if self.upstreams.is_empty() {
             return Err("no [[upstream]]: at least one chat node is needed".into());
@@ -300,6 +395,38 @@ pub struct NodeConfig {
     pub tcp_user_timeout_ms: u64,
     /// tungstenite write buffer per connection.
     pub ws_write_buffer: usize,
+
+    // What the node stands against when it faces the internet (issue 11,
+    // docs/SECURITY.md). Kept together.
+    /// Join tokens: with this section every member request needs one.
+    pub auth: Option<AuthConfig>,
+    /// WebSocket and SSE sessions at once; above it a new one gets 503.
+    pub max_connections: usize,
+    /// Rooms at once; above it a request that would open one gets 503.
+    pub max_rooms: usize,
+    /// TCP connections at once, of any kind. At the cap the oldest one that
+    /// has no request in flight is closed to make room; with none to close,
+    /// the new one gets 503. Held below the process's descriptor limit.
+    pub max_sockets: usize,
+    /// Frames a WebSocket client may send per second, on average...
+    pub messages_per_second: u32,
+    /// ...and at once, after a quiet spell (the token bucket's size).
+    pub message_burst: u32,
+    /// Frames over the limit in a row before the client is closed (1008).
+    pub rate_limit_close_after: u32,
+    /// A request head must arrive whole within this, counted from the
+    /// connection's start or the previous response's end.
+    pub request_head_timeout_ms: u64,
+    /// A request body must arrive whole within this of its head.
+    pub request_body_timeout_ms: u64,
+    /// After a response, the next request's head must have arrived within
+    /// this, else the connection is closed.
+    pub keep_alive_timeout_ms: u64,
+    /// The largest request head (request line and headers); a bigger one
+    /// gets 431.
+    pub max_request_head_bytes: usize,
+    /// The most headers in a request head; more get 431.
+    pub max_request_headers: usize,
 }
 
 impl Default for NodeConfig {
@@ -319,13 +446,33 @@ impl Default for NodeConfig {
             ws_read_buffer: 4096,
             ws_write_buffer: 0,
             tcp_user_timeout_ms: 30_000,
+            auth: None,
+            max_connections: 10_000,
+            max_rooms: 10_000,
+            max_sockets: 16_000,
+            messages_per_second: 20,
+            message_burst: 40,
+            rate_limit_close_after: 100,
+            request_head_timeout_ms: 10_000,
+            request_body_timeout_ms: 30_000,
+            keep_alive_timeout_ms: 5_000,
+            max_request_head_bytes: 16 * 1024,
+            max_request_headers: 100,
         }
     }
 }
 
+/// hyper refuses a read buffer below 8 KiB (and panics on one).
+pub const MIN_REQUEST_HEAD_BYTES: usize = 8192;
+
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: NodeConfig = parse(path, &read(path)?)?;
+        Self::from_toml(path, &read(path)?)
+    }
+
+    /// Parses and validates a node's file; `path` only names it in errors.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: NodeConfig = parse(path, text)?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.display().to_string(),
             message,
@@ -345,11 +492,39 @@ impl NodeConfig {
             ("sse_heartbeat_ms", self.sse_heartbeat_ms),
             ("ws_read_buffer", self.ws_read_buffer as u64),
             ("tcp_user_timeout_ms", self.tcp_user_timeout_ms),
+            ("max_connections", self.max_connections as u64),
+            ("max_rooms", self.max_rooms as u64),
+            ("max_sockets", self.max_sockets as u64),
+            ("messages_per_second", u64::from(self.messages_per_second)),
+            ("message_burst", u64::from(self.message_burst)),
+            (
+                "rate_limit_close_after",
+                u64::from(self.rate_limit_close_after),
+            ),
+            ("request_head_timeout_ms", self.request_head_timeout_ms),
+            ("request_body_timeout_ms", self.request_body_timeout_ms),
+            ("keep_alive_timeout_ms", self.keep_alive_timeout_ms),
+            ("max_request_headers", self.max_request_headers as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(format!("`{key}` must be at least 1"));
             }
+        }
+        if self.max_connections >= self.max_sockets {
+            return Err(format!(
+                "`max_connections` ({}) must be below `max_sockets` ({}): health checks, control and peers need sockets too",
+                self.max_connections, self.max_sockets
+            ));
+        }
+        if self.max_request_head_bytes < MIN_REQUEST_HEAD_BYTES {
+            return Err(format!(
+                "`max_request_head_bytes` = {} is below the least allowed, {MIN_REQUEST_HEAD_BYTES}",
+                self.max_request_head_bytes
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
         }
         Ok(())
     }
@@ -428,5 +603,57 @@ weight = 2
         let c = load(&off).expect("moves = false needs no token");
         assert!(!c.moves && c.control_token.is_none());
         assert!(load(GOOD).expect("valid").moves);
+    }
+
+    #[test]
+    fn auth_is_the_same_section_in_both_files() {
+        let section = "\n[auth]\nhs256_secrets = [\"0123456789abcdef0123456789abcdef\"]\npublic_keys = [\"keys/a.pem\"]\nissuer = \"backend\"\n";
+        let b = load(
+            &format!(
+                "{}{section}",
+                GOOD.split("[[upstream]]").next().unwrap_or("")
+            )
+            .replace(
+                "[auth]",
+                "[[upstream]]\nid = \"node-a\"\naddr = \"127.0.0.1:9001\"\n\n[auth]",
+            ),
+        )
+        .expect("balancer with [auth]");
+        let n = NodeConfig::from_toml(Path::new("n.toml"), section).expect("node with [auth]");
+        assert_eq!(b.auth, n.auth);
+        let auth = n.auth.expect("auth");
+        assert_eq!(auth.public_keys, [PathBuf::from("keys/a.pem")]);
+        assert_eq!(auth.leeway_seconds, 30);
+        let short = NodeConfig::from_toml(Path::new("n.toml"), "[auth]\nhs256_secrets = [\"x\"]\n")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .expect_err("short secret");
+        assert!(
+            short.contains("n.toml") && short.contains("at least 32"),
+            "{short}"
+        );
+        let typo = NodeConfig::from_toml(Path::new("n.toml"), "[auth]\nhs256_secret = []\n")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .expect_err("typo");
+        assert!(typo.contains("unknown field"), "{typo}");
+    }
+
+    #[test]
+    fn node_limits_have_defaults_and_bounds() {
+        let n = NodeConfig::from_toml(Path::new("n.toml"), "").expect("defaults");
+        assert_eq!(n, NodeConfig::default());
+        assert!(n.max_connections < n.max_sockets);
+        let refuse = |text: &str| {
+            NodeConfig::from_toml(Path::new("n.toml"), text)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+                .expect_err(text)
+        };
+        assert!(refuse("max_connections = 0").contains("max_connections"));
+        assert!(refuse("max_connections = 20\nmax_sockets = 20").contains("below `max_sockets`"));
+        assert!(refuse("message_burst = 0").contains("message_burst"));
+        assert!(refuse("max_request_head_bytes = 4096").contains("8192"));
+        assert!(refuse("request_head_timeout_ms = 0").contains("request_head_timeout_ms"));
     }
 }

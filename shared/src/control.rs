@@ -27,6 +27,29 @@ use serde::{Deserialize, Serialize};
 
 /// Bearer token header of the control endpoints.
 pub const AUTHORIZATION: &str = "authorization";
+/// Whether an `Authorization` value is `Bearer <token>` for the control
+/// `token`. Both sides are hashed with SHA-256 and the digests compared in
+/// constant time (`subtle`): the time taken says nothing about how many
+/// leading bytes were right, nor about the token's length, so the token
+/// cannot be found byte by byte over the network. The scheme is
+/// case-insensitive (RFC 9110 11.1).
+pub fn bearer_matches(authorization: Option<&[u8]>, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(value) = authorization else {
+        return false;
+    };
+    let Some((scheme, sent)) = value.split_at_checked(7) else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    let sent = Sha256::digest(sent);
+    let expected = Sha256::digest(token.as_bytes());
+    bool::from(sent.as_slice().ct_eq(expected.as_slice()))
+}
+
 /// Set by the balancer on each proxied request: which balancer routed it...
 pub const BALANCER_HEADER: &str = "x-roompin-balancer";
 /// ...and the epoch of the view it routed by. A node refuses a request for a
@@ -318,6 +341,27 @@ pub struct RoomInfo {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bearer_matches_only_the_exact_token() {
+        let token = "s3cret-control-token";
+        let cases: [(Option<&[u8]>, bool); 10] = [
+            (Some(b"Bearer s3cret-control-token"), true),
+            (Some(b"bearer s3cret-control-token"), true),
+            (Some(b"BEARER s3cret-control-token"), true),
+            (None, false),
+            (Some(b""), false),
+            (Some(b"Bearer "), false),
+            (Some(b"Bearer s3cret-control-toke"), false),
+            (Some(b"Bearer s3cret-control-token "), false),
+            (Some(b"Basic s3cret-control-token"), false),
+            (Some(b"s3cret-control-token"), false),
+        ];
+        for (value, want) in cases {
+            assert_eq!(super::bearer_matches(value, token), want, "{value:?}");
+        }
+        assert!(!super::bearer_matches(Some(b"Bearer \xff\xfe"), token));
+    }
+
     use super::*;
 
     /// The JSON shapes are the contract between processes of different

@@ -5,6 +5,7 @@
 //! all, the protocol decides what clients see, and the config types decide
 //! what operators can write.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod logging;

@@ -25,6 +25,9 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame, or a close frame's reason, that is not UTF-8.
     pub const INVALID_DATA: u16 = 1007;
+    /// The client kept sending past its rate limit (`rate_limit_close_after`
+    /// frames over it in a row).
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame exceeded `max_message_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The node hit an internal error.
@@ -48,6 +51,7 @@ pub mod close {
     pub const INVALID_DATA_REASON: &str = "invalid UTF-8";
     pub const TOO_BIG_REASON: &str = "frame too big";
     pub const INTERNAL_REASON: &str = "internal error";
+    pub const RATE_LIMITED_REASON: &str = "rate limit exceeded";
 }
 
 /// Stable, machine-readable codes of `error` frames.
@@ -60,6 +64,10 @@ pub mod error_code {
     /// A message sent while its room was being handed to another node was
     /// not delivered; resend it after the 4001 reconnect.
     pub const ROOM_MOVED: &str = "room_moved";
+    /// The frame came faster than `messages_per_second` (after a burst of
+    /// `message_burst`) allows: it was not published. Slow down; a client
+    /// that keeps going is closed with 1008.
+    pub const RATE_LIMITED: &str = "rate_limited";
 }
 
 /// What a client may send.

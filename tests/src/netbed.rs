@@ -499,7 +499,8 @@ impl Netbed {
             control_token: self.options.control.then(|| TOKEN.to_owned()),
         };
         let config = self.logs_dir().join(format!("{}-{id}.toml", self.tag));
-        std::fs::write(&config, &options.toml).expect("write node config");
+        std::fs::write(&config, crate::process::node_toml(&options.toml))
+            .expect("write node config");
         let mut cmd = self.command(host, "roompin-node");
         cmd.arg("--id")
             .arg(&id)

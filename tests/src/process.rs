@@ -181,6 +181,17 @@ pub async fn wait_healthy(addr: SocketAddr, within: Duration) -> anyhow::Result<
     }
 }
 
+/// A test node's config file: `toml`, with the message-rate limit lifted
+/// unless `toml` sets it, because most tests send as fast as they can (the
+/// limit's own tests, `node_limits.rs`, set it). The keys go first, before
+/// any `[table]` of `toml`.
+pub fn node_toml(toml: &str) -> String {
+    if toml.contains("messages_per_second") || toml.contains("message_burst") {
+        return toml.to_owned();
+    }
+    format!("messages_per_second = 1000000\nmessage_burst = 1000000\n{toml}")
+}
+
 /// Settings for a test node; everything else comes from the node defaults.
 #[derive(Clone, Debug, Default)]
 pub struct NodeOptions {
@@ -219,7 +230,7 @@ impl NodeProc {
         let dir = target_dir().join("test-logs");
         let _ = std::fs::create_dir_all(&dir);
         let config = dir.join(format!("{id}-{}-{}.toml", addr.port(), std::process::id()));
-        std::fs::write(&config, &options.toml).expect("write node config");
+        std::fs::write(&config, node_toml(&options.toml)).expect("write node config");
         let mut cmd = Command::new(bin("roompin-node"));
         cmd.arg("--id")
             .arg(id)
