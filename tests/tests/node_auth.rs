@@ -57,7 +57,10 @@ fn cli_token(meeting: &str, user: &str, ttl: &str) -> String {
         "token: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
 }
 
 /// HS256 by hand.
@@ -149,15 +152,52 @@ async fn tokens_are_checked_at_the_node() {
     nbf["nbf"] = json!(now_secs() + 600);
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("no token", String::new(), 401, "missing join token"),
-        ("expired", format!("token={}", by_hand(&hs(), &claims("ann", m, -3600), NEW)), 401, "expired"),
-        ("nbf in the future", format!("token={}", by_hand(&hs(), &nbf, NEW)), 401, "not valid yet"),
+        (
+            "expired",
+            format!("token={}", by_hand(&hs(), &claims("ann", m, -3600), NEW)),
+            401,
+            "expired",
+        ),
+        (
+            "nbf in the future",
+            format!("token={}", by_hand(&hs(), &nbf, NEW)),
+            401,
+            "not valid yet",
+        ),
         ("tampered", format!("token={tampered}"), 401, "signature"),
         ("alg none", format!("token={alg_none}"), 401, "alg: none"),
-        ("unknown secret", format!("token={}", by_hand(&hs(), &claims("ann", m, 600), "some-other-secret-32-bytes-long!!")), 401, "signature"),
+        (
+            "unknown secret",
+            format!(
+                "token={}",
+                by_hand(
+                    &hs(),
+                    &claims("ann", m, 600),
+                    "some-other-secret-32-bytes-long!!"
+                )
+            ),
+            401,
+            "signature",
+        ),
         ("garbage", "token=garbage".into(), 401, "not a JWT"),
-        ("another meeting", format!("token={}", cli_token("board", "ann", "10m")), 403, "another meeting"),
-        ("user differs from sub", format!("token={cli}&user=mallory"), 403, "differs"),
-        ("two tokens", format!("token={cli}&token={old}"), 401, "more than once"),
+        (
+            "another meeting",
+            format!("token={}", cli_token("board", "ann", "10m")),
+            403,
+            "another meeting",
+        ),
+        (
+            "user differs from sub",
+            format!("token={cli}&user=mallory"),
+            403,
+            "differs",
+        ),
+        (
+            "two tokens",
+            format!("token={cli}&token={old}"),
+            401,
+            "more than once",
+        ),
     ];
     for (name, q, status, reason) in &cases {
         let (got, body) = WsClient::refused(&ws(q)).await.expect(name);
@@ -198,7 +238,10 @@ async fn tokens_are_checked_at_the_node() {
         .expect("post");
     assert_eq!(ok.status(), 202);
     let posted = ann.recv_type("message").await.expect("the post arrives");
-    assert_eq!((&posted["from"], &posted["text"]), (&json!("ann"), &json!("posted")));
+    assert_eq!(
+        (&posted["from"], &posted["text"]),
+        (&json!("ann"), &json!("posted"))
+    );
     let seen = loop {
         let e = listener.recv().await.expect("SSE gets it");
         if e.event == "message" {
@@ -214,12 +257,28 @@ async fn tokens_are_checked_at_the_node() {
         .send()
         .await
         .expect("relayed");
-    assert_eq!(relayed.status(), 401, "a relayed request needs the token too");
+    assert_eq!(
+        relayed.status(),
+        401,
+        "a relayed request needs the token too"
+    );
 
     let (_, text) = get(&node.url("/metrics")).await.expect("metrics");
-    for reason in ["missing", "expired", "not_yet_valid", "signature", "algorithm", "malformed", "wrong_meeting", "wrong_user"] {
-        let v = metric(&text, &format!("roompin_node_auth_failures_total{{reason=\"{reason}\"}}"))
-            .unwrap_or(0.0);
+    for reason in [
+        "missing",
+        "expired",
+        "not_yet_valid",
+        "signature",
+        "algorithm",
+        "malformed",
+        "wrong_meeting",
+        "wrong_user",
+    ] {
+        let v = metric(
+            &text,
+            &format!("roompin_node_auth_failures_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0);
         assert!(v >= 1.0, "{reason}: {v}\n{text}");
     }
     drop((bob, rae, dee));

@@ -192,7 +192,9 @@ enum FrameWant {
 
 async fn frame_case(node: &NodeProc, meeting: &str, frame: Message, want: FrameWant) {
     let url = node.ws_url(&format!("meeting_id={meeting}"));
-    let (ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
     let (mut sink, mut stream) = ws.split();
     // Sent on its own task: a 16 MB frame blocks its sender while the node
     // has already stopped reading and sent its close.
@@ -306,8 +308,7 @@ async fn malformed_requests_and_frames_get_their_answers() {
             break began.elapsed();
         }
         let mut b = [0u8; 64];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut b)).await
-        {
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut b)).await {
             break began.elapsed();
         }
         assert!(
@@ -347,21 +348,50 @@ async fn malformed_requests_and_frames_get_their_answers() {
     );
     let mut b = [0u8; 16];
     let eof = tokio::time::timeout(PATIENCE, tcp.read(&mut b)).await;
-    assert!(
-        matches!(eof, Ok(Ok(0)) | Ok(Err(_))),
-        "keep-alive: {eof:?}"
-    );
+    assert!(matches!(eof, Ok(Ok(0)) | Ok(Err(_))), "keep-alive: {eof:?}");
 
     // Frames.
     let frames: Vec<(&str, Message, FrameWant)> = vec![
-        ("f-utf8", text_frame(vec![b'{', 0xff, 0xfe, b'}']), FrameWant::Close(close::INVALID_DATA)),
-        ("f-16mb", text_frame(vec![b'a'; 16 << 20]), FrameWant::Close(close::TOO_BIG)),
-        ("f-json", Message::text("{not json"), FrameWant::ErrorFrame(error_code::BAD_JSON)),
-        ("f-array", Message::text("[1,2,3]"), FrameWant::ErrorFrame(error_code::BAD_JSON)),
-        ("f-type", Message::text(r#"{"type":"shout","text":"x"}"#), FrameWant::ErrorFrame(error_code::UNKNOWN_TYPE)),
-        ("f-notype", Message::text(r#"{"text":"x"}"#), FrameWant::ErrorFrame(error_code::MISSING_TYPE)),
-        ("f-notext", Message::text(r#"{"type":"message"}"#), FrameWant::ErrorFrame(error_code::MISSING_TEXT)),
-        ("f-binary", Message::binary(vec![0u8, 1, 2]), FrameWant::ErrorFrame(error_code::BINARY_UNSUPPORTED)),
+        (
+            "f-utf8",
+            text_frame(vec![b'{', 0xff, 0xfe, b'}']),
+            FrameWant::Close(close::INVALID_DATA),
+        ),
+        (
+            "f-16mb",
+            text_frame(vec![b'a'; 16 << 20]),
+            FrameWant::Close(close::TOO_BIG),
+        ),
+        (
+            "f-json",
+            Message::text("{not json"),
+            FrameWant::ErrorFrame(error_code::BAD_JSON),
+        ),
+        (
+            "f-array",
+            Message::text("[1,2,3]"),
+            FrameWant::ErrorFrame(error_code::BAD_JSON),
+        ),
+        (
+            "f-type",
+            Message::text(r#"{"type":"shout","text":"x"}"#),
+            FrameWant::ErrorFrame(error_code::UNKNOWN_TYPE),
+        ),
+        (
+            "f-notype",
+            Message::text(r#"{"text":"x"}"#),
+            FrameWant::ErrorFrame(error_code::MISSING_TYPE),
+        ),
+        (
+            "f-notext",
+            Message::text(r#"{"type":"message"}"#),
+            FrameWant::ErrorFrame(error_code::MISSING_TEXT),
+        ),
+        (
+            "f-binary",
+            Message::binary(vec![0u8, 1, 2]),
+            FrameWant::ErrorFrame(error_code::BINARY_UNSUPPORTED),
+        ),
     ];
     let n_frames = frames.len();
     for (meeting, frame, want) in frames {
@@ -406,7 +436,10 @@ async fn malformed_requests_and_frames_get_their_answers() {
     })
     .await;
     let answer = String::from_utf8_lossy(&answer).to_string();
-    assert!(answer.starts_with("HTTP/1.1 401"), "200 MB handoff: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "200 MB handoff: {answer}"
+    );
     drop(rd);
     let sent = writer.await.expect("writer");
     let after = rss_kib(&node);
@@ -431,7 +464,10 @@ async fn malformed_requests_and_frames_get_their_answers() {
     for (series, at_least) in [
         ("roompin_node_http_timeouts_total{phase=\"head\"}", 1.0),
         ("roompin_node_http_timeouts_total{phase=\"body\"}", 1.0),
-        ("roompin_node_http_timeouts_total{phase=\"keep_alive\"}", 1.0),
+        (
+            "roompin_node_http_timeouts_total{phase=\"keep_alive\"}",
+            1.0,
+        ),
         ("roompin_node_closes_total{code=\"1007\"}", 1.0),
         ("roompin_node_closes_total{code=\"1009\"}", 1.0),
     ] {
@@ -501,10 +537,21 @@ async fn half_open_holder() {
 }
 
 /// Spawns a holder process and returns its child.
-fn holder(target: SocketAddr, source: Ipv4Addr, count: usize, hold_ms: u64) -> tokio::process::Child {
+fn holder(
+    target: SocketAddr,
+    source: Ipv4Addr,
+    count: usize,
+    hold_ms: u64,
+) -> tokio::process::Child {
     let exe = std::env::current_exe().expect("test binary");
     tokio::process::Command::new(exe)
-        .args(["half_open_holder", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "half_open_holder",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HOLDER_TARGET", target.to_string())
         .env("HOLDER_SOURCE", source.to_string())
         .env("HOLDER_COUNT", count.to_string())
@@ -544,7 +591,9 @@ async fn floods_meet_the_cap_not_the_descriptor_limit() {
     for i in 0..2000 {
         let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
         if i % 2 == 1 {
-            let _ = tcp.write_all(b"GET /websocket?meeting_id=x HTTP/1.1\r\nHo").await;
+            let _ = tcp
+                .write_all(b"GET /websocket?meeting_id=x HTTP/1.1\r\nHo")
+                .await;
         }
         drop(tcp);
     }
@@ -554,7 +603,14 @@ async fn floods_meet_the_cap_not_the_descriptor_limit() {
     // against a node that holds at most 15,000 sockets.
     let hold_ms = 40_000;
     let mut holders: Vec<_> = (0..HOLDERS)
-        .map(|i| holder(node.addr, Ipv4Addr::new(127, 0, 0, 2 + i), PER_HOLDER, hold_ms))
+        .map(|i| {
+            holder(
+                node.addr,
+                Ipv4Addr::new(127, 0, 0, 2 + i),
+                PER_HOLDER,
+                hold_ms,
+            )
+        })
         .collect();
     let mut outputs = Vec::new();
     let mut opened = 0;
@@ -585,14 +641,20 @@ async fn floods_meet_the_cap_not_the_descriptor_limit() {
     let evicted = metric(&m, "roompin_node_socket_evictions_total").unwrap_or(0.0);
     let peak = rss_kib(&node);
     eprintln!("{opened} heads opened: node holds {held} sockets, evicted {evicted}");
-    assert!(held <= (CAP + 64) as f64, "{held} sockets held over a cap of {CAP}");
+    assert!(
+        held <= (CAP + 64) as f64,
+        "{held} sockets held over a cap of {CAP}"
+    );
     assert!(evicted >= (opened - CAP) as f64 * 0.9, "{evicted} evicted");
 
     // While they are held: normal clients join within 1 s, and /healthz is
     // fine.
     for i in 0..5 {
         let took = join_time(&node, &format!("during-{i}")).await;
-        assert!(took < Duration::from_secs(1), "a join took {took:?} during the flood");
+        assert!(
+            took < Duration::from_secs(1),
+            "a join took {took:?} during the flood"
+        );
         let (status, _) = get(&node.url("/healthz")).await.expect("healthz");
         assert_eq!(status, 200);
     }
@@ -613,7 +675,10 @@ async fn floods_meet_the_cap_not_the_descriptor_limit() {
             .and_then(|n| n.trim().parse::<usize>().ok())
             .unwrap_or(0);
     }
-    assert!(closed >= opened - CAP, "the node closed {closed} of {opened}");
+    assert!(
+        closed >= opened - CAP,
+        "the node closed {closed} of {opened}"
+    );
     let logs = node.proc.logs();
     assert!(
         !logs.contains("cannot accept connections"),

@@ -34,7 +34,9 @@ async fn max_connections_gives_503_before_any_upgrade() {
         .expect("sse");
     assert_eq!(sse.status(), 503);
     assert_eq!(
-        sse.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        sse.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
         Some("1")
     );
     // A publish is no session: it still goes through.
@@ -57,7 +59,12 @@ async fn max_connections_gives_503_before_any_upgrade() {
     .await;
     assert_eq!(again.welcome["members"], 3);
     let m = metrics(&node).await;
-    assert!(count(&m, "roompin_node_limit_refusals_total{limit=\"connections\"}") >= 2.0);
+    assert!(
+        count(
+            &m,
+            "roompin_node_limit_refusals_total{limit=\"connections\"}"
+        ) >= 2.0
+    );
 }
 
 #[tokio::test]
@@ -70,7 +77,9 @@ async fn max_rooms_gives_503_for_a_new_room_only() {
         .expect("refused");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("max_rooms"), "{body}");
-    let sse = reqwest::get(node.url("/sse?meeting_id=r3")).await.expect("sse");
+    let sse = reqwest::get(node.url("/sse?meeting_id=r3"))
+        .await
+        .expect("sse");
     assert_eq!(sse.status(), 503);
     let post = reqwest::Client::new()
         .post(node.url("/messages?meeting_id=r3"))
@@ -107,7 +116,10 @@ async fn a_flooding_client_is_limited_then_closed_and_its_room_gets_every_messag
 
     // Past the burst: refused with an error frame, and not published.
     for i in 0..12 {
-        flooder.send_text(&format!("flood {i}")).await.expect("send");
+        flooder
+            .send_text(&format!("flood {i}"))
+            .await
+            .expect("send");
     }
     let refused = flooder.recv_type("error").await.expect("an error frame");
     assert_eq!(refused["code"], error_code::RATE_LIMITED, "{refused}");
@@ -152,14 +164,24 @@ async fn a_flooding_client_is_limited_then_closed_and_its_room_gets_every_messag
 
     // The room carries on.
     alice.send_text("after the flood").await.expect("send");
-    assert_eq!(carol.expect_next("message").await["text"], "after the flood");
-    assert_eq!(alice.expect_next("message").await["text"], "after the flood");
+    assert_eq!(
+        carol.expect_next("message").await["text"],
+        "after the flood"
+    );
+    assert_eq!(
+        alice.expect_next("message").await["text"],
+        "after the flood"
+    );
 
     // 10,000 pings are not free either.
     let mut pinger = WsClient::join(&base, "flood", "pinger").await;
     let pinger_id = pinger.conn_id().to_owned();
     for _ in 0..10_000 {
-        if pinger.send_raw(Message::Ping(Vec::new().into())).await.is_err() {
+        if pinger
+            .send_raw(Message::Ping(Vec::new().into()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -168,8 +190,14 @@ async fn a_flooding_client_is_limited_then_closed_and_its_room_gets_every_messag
         ended,
         Ended::Closed(close::POLICY_VIOLATION, close::RATE_LIMITED_REASON.into())
     );
-    assert_eq!(carol.expect_next("join").await["conn_id"], pinger_id.as_str());
-    assert_eq!(carol.expect_next("leave").await["conn_id"], pinger_id.as_str());
+    assert_eq!(
+        carol.expect_next("join").await["conn_id"],
+        pinger_id.as_str()
+    );
+    assert_eq!(
+        carol.expect_next("leave").await["conn_id"],
+        pinger_id.as_str()
+    );
 
     // Counted once each session has ended.
     let m = eventually(PATIENCE, "two 1008 closes counted", || async {
