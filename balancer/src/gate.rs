@@ -146,6 +146,8 @@ mod tests {
 
     /// A verdict as the tables write it.
     type Verdict = Result<(), (u16, Counted)>;
+    /// A query, its `Authorization` fields, and the verdict.
+    type TokenCase<'a> = (Option<&'a str>, Vec<&'a [u8]>, Verdict);
 
     const SECRET: &str = "a-gate-test-secret-of-32-bytes-at-least";
 
@@ -218,7 +220,7 @@ mod tests {
         let q_user = format!("meeting_id=m&user=bob&token={good}");
         let q_same = format!("meeting_id=m&user=ann&token={good}");
         let q_other = format!("meeting_id=m&token={other}");
-        let cases: Vec<(Option<&str>, Vec<&[u8]>, Verdict)> = vec![
+        let cases: Vec<TokenCase<'_>> = vec![
             (Some(&q_good), vec![], Ok(())),
             (Some("meeting_id=m"), vec![bearer.as_bytes()], Ok(())),
             (Some(&q_same), vec![], Ok(())),
