@@ -438,6 +438,27 @@ async fn floods_never_empty_the_ring() {
     assert_eq!(owners.len(), 3);
     let warm = WsClient::join(&b.ws_base(), "warm", "w").await;
     warm.close().await;
+    // Warm up what a process allocates once and keeps (per-thread
+    // buffers, runtime structures): 500 heads opened and dropped. The
+    // start is the warmed process, not the fresh one.
+    let mut warming = Vec::new();
+    for _ in 0..500 {
+        let mut tcp = TcpStream::connect(b.public).await.expect("connect");
+        let _ = tcp
+            .write_all(b"GET /websocket?meeting_id=x HTTP/1.1\r\n")
+            .await;
+        warming.push(tcp);
+    }
+    drop(warming);
+    eventually(
+        PATIENCE,
+        "the warm-up connections are given back",
+        || async {
+            let m = b.metrics().await;
+            (metric(&m, "roompin_balancer_client_connections")? <= 1.0).then_some(())
+        },
+    )
+    .await;
     let start = rss_kib(&b);
 
     // 2,000 connections opened and dropped without a handshake: half of
@@ -493,16 +514,23 @@ async fn floods_never_empty_the_ring() {
         outputs.push(out);
     }
     assert!(opened >= 19_000, "only {opened} half-open heads opened");
+    // The kernel completes handshakes ahead of the balancer's accepts:
+    // wait for it to have taken them all.
+    let want = (opened - MAX) as f64 * 0.95;
+    let evicted = eventually(PATIENCE, "the balancer evicts the oldest heads", || async {
+        let m = b.metrics().await;
+        let evicted = metric(&m, "roompin_balancer_connections_evicted_total")?;
+        (evicted >= want).then_some(evicted)
+    })
+    .await;
     let m = b.metrics().await;
     let held = metric(&m, "roompin_balancer_client_connections").unwrap_or(0.0);
-    let evicted = metric(&m, "roompin_balancer_connections_evicted_total").unwrap_or(0.0);
     let peak = rss_kib(&b);
     eprintln!("{opened} heads opened: the balancer holds {held}, evicted {evicted}");
     assert!(
         held <= (MAX + 64) as f64,
         "{held} connections held over a cap of {MAX}"
     );
-    assert!(evicted >= (opened - MAX) as f64 * 0.9, "{evicted} evicted");
 
     // While they are held: normal clients join within 1 s, the ring keeps
     // every node, and the admin listener answers.
