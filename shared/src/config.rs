@@ -657,6 +657,52 @@ weight = 2
     }
 
     #[test]
+    fn edge_keys_have_defaults_and_are_checked() {
+        let c = load(GOOD).expect("valid");
+        assert_eq!(c.max_connections, DEFAULT_BALANCER_MAX_CONNECTIONS);
+        assert!(c.tls.is_none() && c.allowed_origins.is_empty());
+        let with = |top: &str, tables: &str| load(&format!("{top}\n{GOOD}\n{tables}"));
+        let c = with(
+            "allowed_origins = [\"https://chat.example.com\", \"http://localhost:8080\"]\nmax_connections = 5",
+            "[tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.max_connections, 5);
+        assert_eq!(
+            c.tls,
+            Some(TlsConfig {
+                cert: "a.crt".into(),
+                key: "a.key".into()
+            })
+        );
+        for (top, tables, word) in [
+            ("max_connections = 0", "", "max_connections"),
+            ("allowed_origins = [\"chat.example.com\"]", "", "no scheme"),
+            (
+                "allowed_origins = [\"https://chat.example.com/\"]",
+                "",
+                "no path",
+            ),
+            (
+                "allowed_origins = [\"https://Chat.example.com\"]",
+                "",
+                "uppercase",
+            ),
+            ("allowed_origins = [\"ftp://chat.example.com\"]", "", "http"),
+            ("", "[tls]\ncert = \"a.crt\"\n", "missing field `key`"),
+            ("", "[tls]\ncert = \"\"\nkey = \"k\"\n", "PEM file"),
+            (
+                "",
+                "[tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n",
+                "unknown field `ca`",
+            ),
+        ] {
+            let err = with(top, tables).map(|_| ()).expect_err(word);
+            assert!(err.contains(word), "{top} {tables}: {err}");
+        }
+    }
+
+    #[test]
     fn room_moves_need_a_control_token_unless_switched_off() {
         let no_token = GOOD.replace("control_token = \"t\"\n", "");
         let err = load(&no_token).unwrap_err();

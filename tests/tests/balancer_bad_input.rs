@@ -199,6 +199,12 @@ fn corpus() -> Vec<Case> {
         c("no Sec-WebSocket-Key", upgrade("/websocket?meeting_id=m", "Sec-WebSocket-Version: 13\r\n"), 426, "Sec-WebSocket-Key"),
         c("publish: not JSON", post("/messages?meeting_id=m", "", b"{nope"), 400, "JSON"),
         c("publish: text not a string", post("/messages?meeting_id=m", "", b"{\"text\":5}"), 400, "JSON"),
+        c("Host differs from the target", b"GET http://elsewhere/sse?meeting_id=m HTTP/1.1\r\nHost: b\r\n\r\n".to_vec(), 400, "differs"),
+        c("bad since", upgrade_v13("/websocket?meeting_id=m&since=-1"), 400, "since"),
+        c("bad user", upgrade_v13("/websocket?meeting_id=m&user=%07"), 400, "control"),
+        c("no Upgrade", b"GET /websocket?meeting_id=m HTTP/1.1\r\nHost: b\r\n\r\n".to_vec(), 426, "WebSocket"),
+        c("wrong method", b"PUT /websocket?meeting_id=m HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n".to_vec(), 405, ""),
+        c("publish: bad user in body", post("/messages?meeting_id=m", "", b"{\"text\":\"x\",\"user\":\"\"}"), 400, "user"),
         c("publish: oversized body", post("/messages?meeting_id=m", "", &vec![b'a'; 256 * 1024]), 413, "limit"),
     ]);
     cases
