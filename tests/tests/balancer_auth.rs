@@ -3,9 +3,11 @@
 //! the balancer, answered before any byte reaches a node; and every token
 //! it lets through is one the node never had to check.
 //!
-//! Tokens come from `roompin-balancer token` (the CLI) and, independently
-//! of jsonwebtoken, are signed by hand here (HMAC-SHA256 over base64url
-//! JSON, RFC 7515); the RS256 one is signed with a fixed test key.
+//! Tokens come from `roompin-balancer token` (the CLI), from jwt-compact
+//! (a JWT library independent of the jsonwebtoken the balancer verifies
+//! with), and signed by hand here (HMAC-SHA256 over base64url JSON, RFC
+//! 7515) for what no library will make (`alg: none`, a tampered payload);
+//! the RS256 one is signed with a fixed test key.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -65,6 +67,31 @@ fn by_hand(header: &Value, claims: &Value, secret: &str) -> String {
     format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
 }
 
+/// HS256 by jwt-compact, `exp` (and `nbf`) this many seconds from now.
+fn by_library(sub: &str, meeting: &str, exp_in: i64, nbf_in: Option<i64>, secret: &str) -> String {
+    use jwt_compact::alg::{Hs256, Hs256Key};
+    use jwt_compact::AlgorithmExt;
+    #[derive(serde::Serialize)]
+    struct Custom {
+        sub: String,
+        meeting_id: String,
+    }
+    let now = chrono::Utc::now();
+    let mut claims = jwt_compact::Claims::new(Custom {
+        sub: sub.into(),
+        meeting_id: meeting.into(),
+    });
+    claims.expiration = Some(now + chrono::Duration::seconds(exp_in));
+    claims.not_before = nbf_in.map(|n| now + chrono::Duration::seconds(n));
+    Hs256
+        .token(
+            &jwt_compact::Header::empty(),
+            &claims,
+            &Hs256Key::new(secret.as_bytes()),
+        )
+        .expect("jwt-compact signs")
+}
+
 fn claims(sub: &str, meeting: &str, exp_in: i64) -> Value {
     json!({"sub": sub, "meeting_id": meeting, "exp": now_secs() as i64 + exp_in})
 }
@@ -117,6 +144,16 @@ async fn tokens_are_checked_at_the_balancer() {
         .expect("a hand-signed token with its own user joins")
         .close()
         .await;
+    for (who, secret) in [("lib", NEW), ("lib-old", OLD)] {
+        WsClient::connect(&ws(&format!(
+            "token={}",
+            by_library(who, m, 600, None, secret)
+        )))
+        .await
+        .expect("a jwt-compact token joins (either secret)")
+        .close()
+        .await;
+    }
     let old = by_hand(&hs(), &claims("bob", m, 600), OLD);
     WsClient::connect(&ws(&format!("token={old}")))
         .await
@@ -171,6 +208,27 @@ async fn tokens_are_checked_at_the_balancer() {
             401,
             "expired",
             "expired",
+        ),
+        (
+            "expired (jwt-compact)",
+            format!("token={}", by_library("ann", m, -3600, None, NEW)),
+            401,
+            "expired",
+            "expired",
+        ),
+        (
+            "nbf in the future (jwt-compact)",
+            format!("token={}", by_library("ann", m, 3600, Some(600), NEW)),
+            401,
+            "not valid yet",
+            "not_yet_valid",
+        ),
+        (
+            "another meeting (jwt-compact)",
+            format!("token={}", by_library("ann", "board", 600, None, OLD)),
+            403,
+            "another meeting",
+            "wrong_meeting",
         ),
         (
             "nbf in the future",
