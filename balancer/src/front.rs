@@ -6,10 +6,16 @@
 //! here after each request, so every request of it passes the same edge
 //! checks and every upgrade on it is tunnelled here, never by `HttpProxy`.
 //!
+//! Before any of that, a connection takes a place under `max_connections`
+//! (`capacity.rs`), and a member request passes the gate (`gate.rs`:
+//! `Origin` and the join token), so nothing refused reaches a node.
+//!
 //! It works on Pingora's `Stream`, whatever the transport under it: the
-//! same service takes Pingora's TLS listener (`Service::add_tls`). An
-//! HTTP/2 connection (TLS with ALPN h2) goes to `HttpProxy` whole.
+//! same service takes Pingora's TLS listener (`tls.rs`). An HTTP/2
+//! connection (TLS with ALPN h2) would go to `HttpProxy` whole, past the
+//! gate, so `tls.rs` offers no ALPN.
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -19,7 +25,9 @@ use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::head::{self, Kind};
+use crate::capacity::{Admit, Capacity, Slot};
+use crate::gate::{Asked, Counted, Gate};
+use crate::head::{self, Inspected, Kind};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::proxy::Proxy;
@@ -40,7 +48,14 @@ pub struct Front {
     pub membership: Arc<Membership>,
     pub metrics: Metrics,
     pub tunnels: Arc<Tunnels>,
+    /// Swapped whole by a config reload.
+    pub gate: Arc<ArcSwap<Gate>>,
+    pub capacity: Arc<Capacity>,
 }
+
+/// How long a refusal at the cap may take to write before the connection
+/// is dropped anyway.
+const FULL_ANSWER: Duration = Duration::from_millis(500);
 
 #[async_trait]
 impl ServerApp for Front {
@@ -49,12 +64,22 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let slot = match self.capacity.admit() {
+            Admit::Admitted(slot) => slot,
+            Admit::Full(refusing) => {
+                if let Some(_refusing) = refusing {
+                    Box::pin(self.full(stream)).await;
+                }
+                return None;
+            }
+        };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let _slot = slot;
             return ServerApp::process_new(&self.http, stream, shutdown).await;
         }
         // The handshake phase is boxed so that it does not size the tunnel's
         // task: a tunnel keeps nothing of it.
-        Box::pin(self.serve(stream, shutdown)).await;
+        Box::pin(self.serve(stream, slot, shutdown)).await;
         None
     }
 
@@ -69,7 +94,7 @@ impl ServerApp for Front {
 
 impl Front {
     /// Every request of one connection, until it closes or is handed on.
-    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve(&self, mut stream: Stream, slot: Slot, shutdown: &ShutdownWatch) {
         let mut started = Instant::now();
         // Set once the connection has been kept alive after a request.
         let mut reused = false;
@@ -97,7 +122,14 @@ impl Front {
                     }
                 }
             };
-            let head = match read_head(&mut stream, max, deadline, stopping).await {
+            // Waiting for a head, the connection may be closed to make room.
+            let mut waiting = self.capacity.waiting();
+            let read = tokio::select! {
+                r = read_head(&mut stream, max, deadline, stopping) => r,
+                _ = waiting.evicted() => return,
+            };
+            drop(waiting);
+            let head = match read {
                 Ok(h) => h,
                 Err(e) => return self.no_head(stream, e, max, head_timeout, started).await,
             };
@@ -108,8 +140,11 @@ impl Front {
                 Ok(req) => req,
                 Err((route, r)) => return self.refuse(stream, route, r, started).await,
             };
+            if let Err((route, r)) = self.pass_gate(&head.buf[..head.head_len], &req) {
+                return self.refuse(stream, route, r, started).await;
+            }
             if req.kind == Kind::WebSocket {
-                return websocket::serve(self, stream, head, req, started).await;
+                return websocket::serve(self, stream, slot, head, req, started).await;
             }
             // Pingora's proxy serves it, from the bytes already read.
             let replayed: Stream = Box::new(Replayed::new(head.buf, stream));
@@ -140,6 +175,52 @@ impl Front {
             settings = persistent;
             reused = true;
         }
+    }
+
+    /// Over `max_connections` with nobody to evict: 503, said quickly.
+    async fn full(&self, mut stream: Stream) {
+        let reason = format!(
+            "the balancer holds its limit of {} connections (max_connections); retry shortly\n",
+            self.capacity.max()
+        );
+        let answer = respond::plain(503, &reason);
+        let _ = tokio::time::timeout(FULL_ANSWER, respond::and_close(&mut stream, &answer)).await;
+    }
+
+    /// The gate's verdict on a member request, counted when it refuses.
+    fn pass_gate(&self, head: &[u8], req: &Inspected) -> Result<(), (Route, Refusal)> {
+        let gate = self.gate.load();
+        let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        // `inspect` parsed this very head already.
+        if parsed.parse(head).is_err() {
+            return Err((req.route, Refusal::new(400, "malformed request head\n")));
+        }
+        let named = |name: &str| -> Vec<&[u8]> {
+            parsed
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+                .collect()
+        };
+        let asked = Asked {
+            query: req.query.as_deref(),
+            origin: named("origin"),
+            authorization: named("authorization"),
+        };
+        gate.check(req.route, &asked).map_err(|d| {
+            match d.counted {
+                Counted::Auth(f) => self
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[f.label()])
+                    .inc(),
+                Counted::Origin => self.metrics.origin_refusals.inc(),
+                Counted::Request => {}
+            }
+            (req.route, Refusal::new(d.status, d.reason))
+        })
     }
 
     /// No head: say why if there is anyone to tell, then close.

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::routing::Membership;
 
 /// The outcome of one probe.
@@ -23,6 +24,11 @@ pub enum Check {
     /// 503: the node says it is draining. That is no blip: it leaves the
     /// ring at once, so its rooms move while it still hands them over.
     Draining,
+    /// The probe never left: this balancer had no descriptor, port or
+    /// buffer for it (`shortage.rs`). It says nothing about the node, so
+    /// it changes nothing: an attack on the balancer must not empty the
+    /// ring.
+    NotSent,
 }
 
 /// Probe cadence while some member is suspect.
@@ -30,6 +36,7 @@ const SUSPECT_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct HealthChecker {
     membership: Arc<Membership>,
+    metrics: Metrics,
     client: Client<HttpConnector, Empty<Bytes>>,
     /// Set after the first round, so `/healthz` of the balancer means "I
     /// know which nodes are up".
@@ -37,7 +44,7 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    pub fn new(membership: Arc<Membership>) -> HealthChecker {
+    pub fn new(membership: Arc<Membership>, metrics: Metrics) -> HealthChecker {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         // No pooling: each probe is a fresh connection, as a client's would be.
@@ -46,6 +53,7 @@ impl HealthChecker {
             .build(connector);
         HealthChecker {
             membership,
+            metrics,
             client,
             checked_once: AtomicBool::new(false),
         }
@@ -89,6 +97,14 @@ impl HealthChecker {
             Ok(Ok(resp)) if resp.status().is_success() => Check::Ok,
             Ok(Ok(resp)) if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE => {
                 Check::Draining
+            }
+            Ok(Err(e)) if crate::shortage::is_local(&e) => {
+                self.metrics
+                    .local_shortages
+                    .with_label_values(&["probe"])
+                    .inc();
+                tracing::warn!(%addr, error = %e, "health probe not sent: no local resource; the node's health stays as it was");
+                Check::NotSent
             }
             _ => Check::Failed,
         }

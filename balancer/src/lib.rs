@@ -5,7 +5,9 @@
 //! [`run`]. See docs/ARCHITECTURE.md.
 
 pub mod admin;
+pub mod capacity;
 pub mod front;
+pub mod gate;
 pub mod head;
 pub mod health;
 pub mod metrics;
@@ -19,10 +21,14 @@ pub mod replay;
 pub mod respond;
 pub mod route;
 pub mod routing;
+pub mod shortage;
+pub mod tls;
 pub mod tunnel;
 pub mod tunnels;
 pub mod websocket;
 
+use anyhow::Context;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
@@ -55,13 +61,31 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
         admin_listen: cli.admin_listen,
     };
     let config = source.load()?;
+    let key_base = roompin_shared::auth::key_base(&cli.config);
+    // Everything the config names is read now, so a bad file stops the
+    // start with its name rather than the first client.
+    let gate = Arc::new(ArcSwap::from_pointee(
+        gate::Gate::new(&config, &key_base).with_context(|| cli.config.display().to_string())?,
+    ));
+    let tls = match &config.tls {
+        Some(t) => Some(tls::settings(t, &key_base)?),
+        None => None,
+    };
+    let fd_budget = capacity::budget(raise_fd_limit());
     let metrics = metrics::Metrics::register()?;
+    let capacity = capacity::Capacity::new(
+        reload::held_to_budget(config.max_connections, fd_budget),
+        metrics.clone(),
+    );
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     if !config.moves {
         tracing::warn!("moves = false: rooms do not move when the node set changes, so every change splits the meetings it reassigns");
     }
     let membership = routing::Membership::new(config, metrics.clone());
-    let health = Arc::new(health::HealthChecker::new(membership.clone()));
+    let health = Arc::new(health::HealthChecker::new(
+        membership.clone(),
+        metrics.clone(),
+    ));
 
     let tmp = std::env::temp_dir();
     let conf = ServerConf {
@@ -93,6 +117,8 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
         membership: membership.clone(),
         metrics: metrics.clone(),
         tunnels,
+        gate: gate.clone(),
+        capacity: capacity.clone(),
     };
     let mut public = Service::new("roompin public".to_owned(), front);
     // No L4 buffers on client connections. Pingora's default read buffer
@@ -101,9 +127,11 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
     // of their own, and a tunnel copies through a per-thread scratch).
     // roompin-bench's idle scenario measured ~60 KiB of RSS per proxied
     // WebSocket with them under Pingora's HTTP tunnel.
-    public.add_listener(
-        ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
-    );
+    let mut listener = ListenerConfig::tcp(listen.to_string());
+    if let Some(settings) = tls {
+        listener = listener.tls(settings);
+    }
+    public.add_listener(listener.l4_buffer(L4BufferSettings::unbuffered()));
 
     let admin = admin::Admin {
         membership: membership.clone(),
@@ -124,6 +152,9 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
             source,
             membership,
             metrics,
+            gate,
+            capacity,
+            fd_budget,
         },
     };
     server.add_service(public);
@@ -131,6 +162,21 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
     server.add_service(background_service("roompin control", control));
     tracing::info!(%listen, %admin_listen, config = %cli.config.display(), "roompin-balancer started");
     server.run_forever()
+}
+
+/// Raises the soft descriptor limit to the hard one (as nginx's
+/// `worker_rlimit_nofile` does) and returns the limit in force: the
+/// connection cap is held below it.
+fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        tracing::debug!(from = soft, to = hard, "descriptor limit raised");
+        return hard;
+    }
+    soft
 }
 
 /// Health checks, view pushes and config reloads, on one background runtime.

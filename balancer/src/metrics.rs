@@ -37,7 +37,23 @@ pub struct Metrics {
     /// then): from `upstream_peer` to `connected_to_upstream` for a fresh
     /// (not reused) connection.
     pub upstream_connect_seconds: HistogramVec,
+    /// Member requests refused for their join token, by `Failure::label`.
+    pub auth_failures: IntCounterVec,
+    /// Member requests refused for their `Origin`.
+    pub origin_refusals: IntCounter,
+    /// Client connections the public listener holds (`capacity.rs`).
+    pub client_connections: IntGauge,
+    /// New connections answered 503 at `max_connections`.
+    pub connections_refused: IntCounter,
+    /// Connections still waiting for a head, closed to make room.
+    pub connections_evicted: IntCounter,
+    /// Probes, pushes and connects that failed for want of a local
+    /// resource (`shortage.rs`), by what was being done.
+    pub local_shortages: IntCounterVec,
 }
+
+/// The `during` values of `roompin_balancer_local_shortages_total`.
+pub const SHORTAGE_DURING: [&str; 3] = ["probe", "push", "connect"];
 
 impl Metrics {
     pub fn register() -> prometheus::Result<Metrics> {
@@ -96,6 +112,32 @@ impl Metrics {
                 &["upstream"],
                 CONNECT_BUCKETS.to_vec()
             )?,
+            auth_failures: register_int_counter_vec!(
+                "roompin_balancer_auth_failures_total",
+                "Member requests refused for their join token (401 or 403), by reason",
+                &["reason"]
+            )?,
+            origin_refusals: register_int_counter!(
+                "roompin_balancer_origin_refusals_total",
+                "Member requests refused (403) because their Origin is not in allowed_origins"
+            )?,
+            client_connections: register_int_gauge!(
+                "roompin_balancer_client_connections",
+                "Client connections the public listener holds, of any kind (max_connections caps them)"
+            )?,
+            connections_refused: register_int_counter!(
+                "roompin_balancer_connections_refused_total",
+                "New client connections answered 503 because max_connections were busy"
+            )?,
+            connections_evicted: register_int_counter!(
+                "roompin_balancer_connections_evicted_total",
+                "Client connections still waiting for a request head, closed at max_connections to make room"
+            )?,
+            local_shortages: register_int_counter_vec!(
+                "roompin_balancer_local_shortages_total",
+                "Health probes, view pushes and node connects that failed for want of a local resource (descriptors, ports, buffers): not counted against the node",
+                &["during"]
+            )?,
         }
         .with_results_at_zero())
     }
@@ -106,6 +148,12 @@ impl Metrics {
         for result in ["ok", "error"] {
             self.config_reloads.with_label_values(&[result]);
             self.view_pushes.with_label_values(&[result]);
+        }
+        for failure in roompin_shared::auth::Failure::ALL {
+            self.auth_failures.with_label_values(&[failure.label()]);
+        }
+        for during in SHORTAGE_DURING {
+            self.local_shortages.with_label_values(&[during]);
         }
         self
     }

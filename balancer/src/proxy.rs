@@ -49,6 +49,8 @@ pub struct Ctx {
     /// When `upstream_peer` handed Pingora the peer: a fresh connection's
     /// connect time is measured from here to `connected_to_upstream`.
     connecting: Option<Instant>,
+    /// The connect failed for want of a local resource (`shortage.rs`).
+    short: bool,
 }
 
 #[async_trait]
@@ -65,6 +67,7 @@ impl ProxyHttp for Proxy {
             open_gauge: None,
             started: Instant::now(),
             connecting: None,
+            short: false,
         }
     }
 
@@ -186,6 +189,18 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if crate::shortage::is_local(e.root_cause()) {
+            // Our shortage, not the node's failure: the node stays trusted
+            // and no other node is tried (it would fail the same way).
+            tracing::warn!(error = %e, "no local resource to connect to a chat node");
+            self.metrics
+                .local_shortages
+                .with_label_values(&["connect"])
+                .inc();
+            ctx.short = true;
+            e.set_retry(false);
+            return e;
+        }
         if let Some(upstream) = ctx.upstream.take() {
             tracing::warn!(upstream = %upstream.id, error = %e, "connection to chat node failed; trying the next");
             self.metrics
@@ -231,6 +246,7 @@ impl ProxyHttp for Proxy {
     ) -> pingora::proxy::FailToProxy {
         let malformed = matches!(e.etype().as_str(), "InvalidChunk" | "InvalidHTTPHeader");
         let code = match e.esource() {
+            _ if ctx.short => 503,
             pingora::ErrorSource::Upstream => 502,
             // A body that is not what its head says (a malformed chunk):
             // the client's fault, and it gets told.
@@ -238,7 +254,12 @@ impl ProxyHttp for Proxy {
             pingora::ErrorSource::Downstream => 0,
             _ => 500,
         };
-        if code == 400 {
+        if code == 503 {
+            if session.response_written().is_none() {
+                let reason = "the balancer is short of resources: try again shortly\n";
+                let _ = respond(session, 503, reason).await;
+            }
+        } else if code == 400 {
             if session.response_written().is_none() {
                 let reason = format!("malformed request body: {}\n", e.etype().as_str());
                 let _ = respond(session, 400, &reason).await;

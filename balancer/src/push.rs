@@ -96,6 +96,11 @@ impl ViewPusher {
                         }
                         (PushOutcome::Applied, Some(ack.moving))
                     }
+                    Err(outcome @ PushOutcome::NotSent(_)) => {
+                        metrics.local_shortages.with_label_values(&["push"]).inc();
+                        tracing::warn!(upstream = %target.id, epoch, ?outcome, "view push not sent: no local resource");
+                        (outcome, None)
+                    }
                     Err(outcome) => {
                         metrics.view_pushes.with_label_values(&["error"]).inc();
                         tracing::debug!(upstream = %target.id, epoch, ?outcome, "view push failed");
@@ -152,7 +157,9 @@ async fn push(
         .map_err(|e| PushOutcome::Unreached(e.to_string()))?;
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| {
-            if e.is_connect() {
+            if crate::shortage::is_local(&e) {
+                PushOutcome::NotSent(e.to_string())
+            } else if e.is_connect() {
                 PushOutcome::Unreached(e.to_string())
             } else {
                 PushOutcome::Lost(e.to_string())

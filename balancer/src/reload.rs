@@ -10,6 +10,10 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use arc_swap::ArcSwap;
+
+use crate::capacity::Capacity;
+use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::routing::Membership;
 use roompin_shared::config::{BalancerConfig, ConfigError};
@@ -44,6 +48,12 @@ pub struct Reloader {
     pub source: ConfigSource,
     pub membership: Arc<Membership>,
     pub metrics: Metrics,
+    /// The edge's access rules, rebuilt from each good config.
+    pub gate: Arc<ArcSwap<Gate>>,
+    pub capacity: Arc<Capacity>,
+    /// The most connections the descriptor limit allows
+    /// (`capacity::budget`): a reloaded `max_connections` is held to it.
+    pub fd_budget: usize,
 }
 
 impl Reloader {
@@ -108,8 +118,26 @@ impl Reloader {
     }
 
     fn reload(&self, why: &str) {
-        match self.source.load() {
-            Ok(config) => {
+        let loaded = self
+            .source
+            .load()
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                // Key files are part of the config: a bad one refuses the edit.
+                let gate = Gate::new(&config, &roompin_shared::auth::key_base(&self.source.path))
+                    .map_err(|e| format!("{}: {e}", self.source.path.display()))?;
+                Ok((config, gate))
+            });
+        match loaded {
+            Ok((config, gate)) => {
+                if config.tls != self.membership.routing().config.tls {
+                    tracing::warn!(
+                        "[tls] changes need a restart; the listener keeps its certificate"
+                    );
+                }
+                self.gate.store(Arc::new(gate));
+                self.capacity
+                    .set_max(held_to_budget(config.max_connections, self.fd_budget));
                 let before = self.membership.routing().epoch;
                 self.membership.apply_config(config);
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
@@ -124,5 +152,20 @@ impl Reloader {
                 tracing::error!(why, error = %e, "config reload refused; the running config stays");
             }
         }
+    }
+}
+
+/// `max_connections`, or the descriptor budget if that is lower (with a
+/// warning: the operator asked for more than the process can hold).
+pub fn held_to_budget(max_connections: usize, budget: usize) -> usize {
+    if max_connections > budget {
+        tracing::warn!(
+            max_connections,
+            budget,
+            "max_connections is more than the descriptor limit allows (two per proxied connection, plus a reserve); holding it to the budget"
+        );
+        budget
+    } else {
+        max_connections
     }
 }

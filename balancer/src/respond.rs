@@ -12,6 +12,8 @@ const LINGER_BYTES: usize = 256 * 1024;
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",

@@ -80,6 +80,10 @@ impl Track {
     /// member leaves after `unhealthy_after` failures in a row, and an
     /// unhealthy one returns after `healthy_after` successes in a row.
     fn record(&mut self, check: Check, unhealthy_after: u32, healthy_after: u32) -> Health {
+        if check == Check::NotSent {
+            // The balancer's own shortage: no news of the node at all.
+            return self.health;
+        }
         let ok = check == Check::Ok;
         if ok {
             self.ok_streak += 1;
@@ -124,6 +128,8 @@ pub enum PushOutcome {
     Unreached(String),
     /// The request went out but its answer was lost: it may have renewed.
     Lost(String),
+    /// It never left: no local descriptor, port or buffer (`shortage.rs`).
+    NotSent(String),
 }
 
 struct Inner {
@@ -335,6 +341,8 @@ impl Membership {
             PushOutcome::Rejected(why) => Some(format!("rejected: {why}")),
             PushOutcome::Unreached(why) => Some(format!("unreachable: {why}")),
             PushOutcome::Lost(why) => Some(format!("no answer: {why}")),
+            // Our own shortage says nothing of the node's control channel.
+            PushOutcome::NotSent(_) => return,
         };
         if matches!(outcome, PushOutcome::Applied | PushOutcome::Lost(_)) {
             track.renewed = Some(track.renewed.map_or(started, |r| r.max(started)));
@@ -405,6 +413,7 @@ mod tests {
     use super::*;
 
     fn metrics() -> Metrics {
+        // The one registration every unit test shares.
         Metrics::for_tests()
     }
 
@@ -425,6 +434,12 @@ mod tests {
             ("odo",    vec![Healthy, Unhealthy, Unhealthy], "failback needs two good checks"),
             ("odoo",   vec![Healthy, Unhealthy, Unhealthy, Healthy], "and gets them"),
             ("odofoo", vec![Healthy, Unhealthy, Unhealthy, Unhealthy, Unhealthy, Healthy], "in a row"),
+            // `n`: the probe never left (EMFILE, ENFILE, ENOBUFS here).
+            ("onnnnn", vec![Healthy; 6], "our own shortage never takes a node out"),
+            ("offnnf", vec![Healthy, Healthy, Healthy, Healthy, Healthy, Unhealthy], "nor breaks a streak of failures"),
+            ("n",      vec![Unknown], "nor admits a new member"),
+            ("fnno",   vec![Unhealthy, Unhealthy, Unhealthy, Healthy], "nor keeps one out"),
+            ("odnno",  vec![Healthy, Unhealthy, Unhealthy, Unhealthy, Unhealthy], "nor counts toward failback"),
         ];
         for (checks, want, why) in cases {
             let mut t = Track::new();
@@ -435,6 +450,7 @@ mod tests {
                     let check = match c {
                         'o' => Check::Ok,
                         'd' => Check::Draining,
+                        'n' => Check::NotSent,
                         _ => Check::Failed,
                     };
                     t.record(check, 3, 2)

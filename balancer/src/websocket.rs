@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::capacity::Slot;
 use crate::front::Front;
 use crate::head::{self, Inspected};
 use crate::outcome::Outcome;
@@ -41,6 +42,7 @@ const REFUSAL_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve(
     front: &Front,
     mut client: Stream,
+    slot: Slot,
     head: Head,
     req: Inspected,
     started: Instant,
@@ -69,6 +71,21 @@ pub async fn serve(
                     .with_label_values(&[&upstream.id])
                     .observe(connecting.elapsed().as_secs_f64());
                 break s;
+            }
+            Err(e) if crate::shortage::is_local_io(&e) => {
+                // Our shortage, not the node's failure: no suspicion, no
+                // other node tried (it would fail the same way).
+                tracing::warn!(upstream = %upstream.id, error = %e, "no local resource to connect to a chat node");
+                front
+                    .metrics
+                    .local_shortages
+                    .with_label_values(&["connect"])
+                    .inc();
+                let r = Refusal::new(
+                    503,
+                    "the balancer is short of resources: try again shortly\n",
+                );
+                return refuse(front, &mut client, r, outcome, Some("LocalShortage")).await;
             }
             Err(e) => {
                 tracing::warn!(upstream = %upstream.id, error = %e, "connection to chat node failed; trying the next");
@@ -191,6 +208,7 @@ pub async fn serve(
             .with_label_values(&[Route::WebSocket.label(), "101"]),
         outcome,
         end: None,
+        _slot: slot,
     };
     open.gauge.inc();
     front
@@ -209,6 +227,9 @@ struct Open {
     requests: IntCounter,
     outcome: Outcome,
     end: Option<End>,
+    /// The connection's place under `max_connections`, held as long as
+    /// the tunnel.
+    _slot: Slot,
 }
 
 impl Drop for Open {

@@ -92,6 +92,33 @@ pub struct BalancerConfig {
     /// first byte). A slower one (slowloris) is answered 408 and closed.
     #[serde(default = "default_request_head_timeout_ms")]
     pub request_head_timeout_ms: u64,
+
+    // --- Facing the internet (docs/SECURITY.md). ---
+    /// `[tls]`: with it the public listener speaks HTTPS and WSS only.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Origins (`https://chat.example.com`) whose pages may open
+    /// `/websocket`, `/sse` and `/messages`. Empty: any origin. A request
+    /// without `Origin` (a native client) always passes.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Client connections the public listener holds at once. At the cap a
+    /// connection still waiting for its request head is closed to make
+    /// room (the oldest first); with none to close, the new one gets 503.
+    /// Held below the descriptor limit: a proxied connection costs two.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// `[tls]` of the balancer: PEM files, a relative path taken from the
+/// config file's folder. Read once at start; a change needs a restart.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// One chat node.
@@ -238,6 +265,35 @@ fn default_max_request_head_bytes() -> usize {
 fn default_request_head_timeout_ms() -> u64 {
     10_000
 }
+/// With the 20,000 descriptors a process may hold and two per proxied
+/// connection, 8,000 leaves room for probes, pushes and the admin listener.
+pub const DEFAULT_BALANCER_MAX_CONNECTIONS: usize = 8_000;
+fn default_max_connections() -> usize {
+    DEFAULT_BALANCER_MAX_CONNECTIONS
+}
+
+/// Whether `origin` is a serialized origin as browsers send it:
+/// `scheme://host[:port]`, lowercase scheme and host, nothing after.
+pub fn validate_origin(origin: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "allowed_origins: {origin:?} {why}; write it as the browser sends it, e.g. \"https://chat.example.com\""
+        ))
+    };
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return bad("has no scheme");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("is not http:// or https://");
+    }
+    if host.is_empty() || host.contains(['/', '?', '#', ' ', '@']) {
+        return bad("must be scheme://host[:port] with no path");
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return bad("has uppercase letters (browsers send the host in lowercase)");
+    }
+    Ok(())
+}
 
 impl BalancerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -292,6 +348,17 @@ impl BalancerConfig {
         }
         if let Some(auth) = &self.auth {
             auth.validate()?;
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {
+                return Err("[tls]: `cert` and `key` must both name a PEM file".into());
+            }
+        }
+        for origin in &self.allowed_origins {
+            validate_origin(origin)?;
+        }
+        if self.max_connections == 0 {
+            return Err("`max_connections` must be at least 1".into());
         }
         if self.upstreams.is_empty() {
             return Err("no [[upstream]]: at least one chat node is needed".into());
@@ -587,6 +654,52 @@ weight = 2
         assert!(err.contains("request_head_timeout_ms"), "{err}");
         let err = load("listen = ").unwrap_err();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn edge_keys_have_defaults_and_are_checked() {
+        let c = load(GOOD).expect("valid");
+        assert_eq!(c.max_connections, DEFAULT_BALANCER_MAX_CONNECTIONS);
+        assert!(c.tls.is_none() && c.allowed_origins.is_empty());
+        let with = |top: &str, tables: &str| load(&format!("{top}\n{GOOD}\n{tables}"));
+        let c = with(
+            "allowed_origins = [\"https://chat.example.com\", \"http://localhost:8080\"]\nmax_connections = 5",
+            "[tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.max_connections, 5);
+        assert_eq!(
+            c.tls,
+            Some(TlsConfig {
+                cert: "a.crt".into(),
+                key: "a.key".into()
+            })
+        );
+        for (top, tables, word) in [
+            ("max_connections = 0", "", "max_connections"),
+            ("allowed_origins = [\"chat.example.com\"]", "", "no scheme"),
+            (
+                "allowed_origins = [\"https://chat.example.com/\"]",
+                "",
+                "no path",
+            ),
+            (
+                "allowed_origins = [\"https://Chat.example.com\"]",
+                "",
+                "uppercase",
+            ),
+            ("allowed_origins = [\"ftp://chat.example.com\"]", "", "http"),
+            ("", "[tls]\ncert = \"a.crt\"\n", "missing field `key`"),
+            ("", "[tls]\ncert = \"\"\nkey = \"k\"\n", "PEM file"),
+            (
+                "",
+                "[tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n",
+                "unknown field `ca`",
+            ),
+        ] {
+            let err = with(top, tables).map(|_| ()).expect_err(word);
+            assert!(err.contains(word), "{top} {tables}: {err}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod catalogue;
 pub mod cluster;
 pub mod dashboard;
+pub mod edge;
 pub mod exercise;
 pub mod history;
 pub mod netbed;

@@ -32,8 +32,18 @@ pub enum Ended {
 impl WsClient {
     /// Connects and reads the welcome frame.
     pub async fn connect(url: &str) -> anyhow::Result<WsClient> {
-        let (stream, _) =
-            tokio::time::timeout(crate::PATIENCE, tokio_tungstenite::connect_async(url)).await??;
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects with a TLS connector of the caller's (a `wss://` URL and a
+    /// test CA), and reads the welcome frame.
+    pub async fn connect_with(
+        url: &str,
+        connector: Option<tokio_tungstenite::Connector>,
+    ) -> anyhow::Result<WsClient> {
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector);
+        let (stream, _) = tokio::time::timeout(crate::PATIENCE, connecting).await??;
         let mut client = WsClient {
             stream,
             welcome: Value::Null,
