@@ -114,6 +114,12 @@ impl Tunnels {
     }
 }
 
+impl crate::health::PathCutter for Tunnels {
+    fn cut(&self, upstream: &str) -> usize {
+        self.cut_upstream(upstream)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
