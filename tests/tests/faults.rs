@@ -1,6 +1,6 @@
 //! The cluster under real network faults (issue 14), on the namespace test
 //! bed (tests/src/netbed.rs): two balancers, four nodes, a client host.
-//! Each test runs 100 meetings × 3 WebSocket members, every (re)connect
+//! Each test runs 100 meetings × 3 members (2 WebSocket, 1 SSE), every (re)connect
 //! through a balancer picked at random (as behind DNS round robin), and a
 //! publisher at 20 messages/s across the meetings through either balancer;
 //! then it makes one fault, holds it, heals it, and judges the recorded
@@ -32,7 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MEETINGS: usize = 100;
-const MEMBERS: usize = 3;
+/// Members per meeting: WebSocket and SSE (3 in all).
+const WS_MEMBERS: usize = 2;
+const SSE_MEMBERS: usize = 1;
+const MEMBERS: usize = WS_MEMBERS + SSE_MEMBERS;
 const PUBLISH_PER_SECOND: f64 = 20.0;
 /// How long each fault lasts (the workload, not a synchronisation).
 const FAULT_FOR: Duration = Duration::from_secs(10);
@@ -92,7 +95,7 @@ impl Run {
         );
         let clients = Clients::new(&history, bed.balancer_urls(), rt.handle());
         let meetings = meeting_ids(MEETINGS);
-        clients.populate(&meetings, MEMBERS, 0, 0);
+        clients.populate(&meetings, WS_MEMBERS, SSE_MEMBERS, 0);
         roompin_tests::eventually(PATIENCE * 3, "every member welcomed", || async {
             let p = history.presence();
             (p.total == MEETINGS * MEMBERS && p.all_connected()).then_some(())
@@ -232,13 +235,14 @@ fn step<'a>(verdict: &'a Verdict, name: &str) -> &'a StepReport {
 /// disrupted member was back (`None`: someone never came back).
 fn report(fault: &str, st: &StepReport) -> Option<Duration> {
     println!(
-        "[{fault}] {}: {} members disrupted, every one back in its meeting after {}; {} deliveries, {} lost",
+        "[{fault}] {}: {} members disrupted, every one back in its meeting after {}; {} deliveries (slowest {:.2} s), {} lost",
         st.name,
         st.disrupted,
         st.back_in_meeting
             .map(|d| format!("{:.2} s", d.as_secs_f64()))
             .unwrap_or_else(|| format!("NEVER ({} not back)", st.never_back)),
         st.delivered,
+        st.delivery_max.as_secs_f64(),
         st.lost
     );
     st.back_in_meeting
@@ -265,6 +269,13 @@ fn lossless(fault: &str, verdict: &Verdict, steps: &[&str]) {
         assert!(
             st.disrupted == 0 || back.is_some_and(|d| d <= BACK_WITHIN),
             "[{fault}] {name}: members not back within {BACK_WITHIN:?}: {verdict}"
+        );
+        // No member sat on a dead path: none got a message later than that
+        // (one on a stalled connection gets it only when the path heals).
+        assert!(
+            st.delivery_max <= BACK_WITHIN,
+            "[{fault}] {name}: a delivery took {:?}: {verdict}",
+            st.delivery_max
         );
     }
 }
