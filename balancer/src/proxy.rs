@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
@@ -47,6 +48,9 @@ pub struct Ctx {
     /// without `logging`.
     open: Option<Open>,
     started: Instant,
+    /// When `upstream_peer` handed Pingora the peer: a fresh connection's
+    /// connect time is measured from here to `connected_to_upstream`.
+    connecting: Option<Instant>,
 }
 
 #[async_trait]
@@ -62,6 +66,7 @@ impl ProxyHttp for Proxy {
             refused: Vec::new(),
             open: None,
             started: Instant::now(),
+            connecting: None,
         }
     }
 
@@ -120,7 +125,28 @@ impl ProxyHttp for Proxy {
         };
         let mut peer = HttpPeer::new(upstream.addr.as_str(), false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        ctx.connecting = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A pooled connection took no connect: only fresh ones are timed.
+        if let (false, Some(at), Some(upstream)) = (reused, ctx.connecting.take(), &ctx.upstream) {
+            self.metrics
+                .upstream_connect_seconds
+                .with_label_values(&[&upstream.id])
+                .observe(at.elapsed().as_secs_f64());
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

@@ -137,7 +137,7 @@ mod tests {
 
     fn routing(extra: &str) -> std::sync::Arc<Routing> {
         let toml = format!(
-            "listen = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\ncontrol_token = \"t\"\n{extra}\n\
+            "listen = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\nmoves = false\n{extra}\n\
              [[upstream]]\nid = \"a\"\naddr = \"127.0.0.1:3\"\n\
              [[upstream]]\nid = \"b\"\naddr = \"127.0.0.1:4\"\n"
         );

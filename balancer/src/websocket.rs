@@ -60,8 +60,16 @@ pub async fn serve(
         (plan.owner, plan.epoch, routing.balancer_id.clone());
     drop(routing);
     let mut node = loop {
+        let connecting = Instant::now();
         match connect(&upstream).await {
-            Ok(s) => break s,
+            Ok(s) => {
+                front
+                    .metrics
+                    .upstream_connect_seconds
+                    .with_label_values(&[&upstream.id])
+                    .observe(connecting.elapsed().as_secs_f64());
+                break s;
+            }
             Err(e) => {
                 tracing::warn!(upstream = %upstream.id, error = %e, "connection to chat node failed; trying the next");
                 front

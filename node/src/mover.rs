@@ -57,9 +57,10 @@ pub async fn run(node: Arc<Node>, mut orders: mpsc::UnboundedReceiver<MoveOrder>
         for (to, orders) in by_target {
             for batch in chunks(orders) {
                 let (node, to) = (node.clone(), to.clone());
-                node.tasks
-                    .clone()
-                    .spawn(async move { send(&node, &to, batch).await });
+                let on = node.clone();
+                tasks::spawn(&on, tasks::HANDOFF, tracing::Span::none(), async move {
+                    send(&node, &to, batch).await
+                });
             }
         }
     }

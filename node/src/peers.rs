@@ -156,8 +156,7 @@ impl Peers {
         queues.insert(peer.addr.clone(), tx.clone());
         let peers = self.clone();
         let addr = peer.addr.clone();
-        self.tasks
-            .spawn(async move { peers.ask_loop(addr, rx).await });
+        self.spawn(async move { peers.ask_loop(addr, rx).await });
         tx
     }
 

@@ -30,6 +30,17 @@ pub async fn publish(State(node): State<Arc<Node>>, req: Request) -> Response {
     };
     let (parts, body) = req.into_parts();
     let limit = node.settings.max_message_bytes;
+    // A declared length over the cap is refused before any of the body is
+    // read: waiting for 2 MB only to throw it away helps nobody.
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let reason = format!("body is over the limit of {limit} bytes\n");
+        return (StatusCode::PAYLOAD_TOO_LARGE, reason).into_response();
+    }
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
         Err(_) => {

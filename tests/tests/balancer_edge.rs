@@ -243,7 +243,7 @@ async fn balancer_for(node: SocketAddr) -> BalancerProc {
         std::process::id()
     ));
     let toml = format!(
-        "listen = \"{public}\"\nadmin_listen = \"{admin}\"\n\n[health]\ninterval_ms = 200\n\n\
+        "listen = \"{public}\"\nadmin_listen = \"{admin}\"\nmoves = false\n\n[health]\ninterval_ms = 200\n\n\
          [[upstream]]\nid = \"scripted\"\naddr = \"{node}\"\n"
     );
     std::fs::write(&config, toml).expect("write config");

@@ -28,7 +28,7 @@ pub async fn start_node(env: &Env, id: &str, token: Option<&str>) -> anyhow::Res
     let mut cmd = Command::new(env.bin("roompin-node"));
     cmd.args(["--id", id, "--listen", &addr.to_string(), "--config"])
         .arg(env.root.join("config").join("node.toml"))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", server_log())
         .env_remove("ROOMPIN_CONTROL_TOKEN");
     if let Some(t) = token {
         cmd.env("ROOMPIN_CONTROL_TOKEN", t);
@@ -117,7 +117,7 @@ impl Balancer {
         cmd.arg("--config")
             .arg(&config.path)
             .args(["--threads", &env.proxy_workers().to_string()])
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", server_log());
         env.pin(&mut cmd, Side::Server);
         let mut proc = Proc::spawn(name, cmd, &env.dir("logs")?)?;
         procs::wait_listening(&mut proc, config.addr, Duration::from_secs(15)).await?;
@@ -173,4 +173,11 @@ impl Balancer {
             _procs: vec![self.proc],
         }
     }
+}
+
+/// The servers' log filter: `warn`, so logging costs the measurement
+/// nothing, unless `ROOMPIN_BENCH_SERVER_LOG` asks for more (to see where a
+/// slow step spent its time; the logs are in the work folder's logs/).
+fn server_log() -> String {
+    std::env::var("ROOMPIN_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
