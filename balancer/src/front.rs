@@ -34,7 +34,7 @@ use crate::proxy::Proxy;
 use crate::read_head::{read_head, Deadline, NoHead};
 use crate::replay::Replayed;
 use crate::respond;
-use crate::route::{Refusal, Route};
+use crate::route::{self, Refusal, Route};
 use crate::routing::Membership;
 use crate::tunnels::Tunnels;
 use crate::websocket;
@@ -164,7 +164,24 @@ impl Front {
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             }
-            let Some(kept) = self.http.process_new_http(session, shutdown).await else {
+            // An SSE stream is registered under its node, like a tunnel,
+            // so that it ends when the node goes out of reach (`Tunnels`);
+            // everything else is short and runs here.
+            let sse_upstream = match req.route {
+                Route::Sse => route::plan(&self.membership.routing(), req.query.as_deref())
+                    .ok()
+                    .map(|plan| plan.owner.id),
+                _ => None,
+            };
+            let kept = match sse_upstream {
+                Some(upstream) => {
+                    let (http, shutdown) = (self.http.clone(), shutdown.clone());
+                    let stream = async move { http.process_new_http(session, &shutdown).await };
+                    self.tunnels.run(&upstream, stream).await.flatten()
+                }
+                None => self.http.process_new_http(session, shutdown).await,
+            };
+            let Some(kept) = kept else {
                 return;
             };
             let (next, persistent) = kept.consume();

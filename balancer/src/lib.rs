@@ -82,9 +82,13 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
         tracing::warn!("moves = false: rooms do not move when the node set changes, so every change splits the meetings it reassigns");
     }
     let membership = routing::Membership::new(config, metrics.clone());
+    // The tunnels by upstream: the health checker ends a node's tunnels
+    // when it stops reaching the node (`routing::paths_after`).
+    let tunnels = Arc::new(tunnels::Tunnels::default());
     let health = Arc::new(health::HealthChecker::new(
         membership.clone(),
         metrics.clone(),
+        tunnels.clone(),
     ));
 
     let tmp = std::env::temp_dir();
@@ -109,9 +113,6 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
         membership: membership.clone(),
         metrics: metrics.clone(),
     };
-    // The tunnels by upstream. `Tunnels::cut_upstream` ends a node's
-    // tunnels; nothing calls it yet.
-    let tunnels = Arc::new(tunnels::Tunnels::default());
     let front = front::Front {
         http: Arc::new(pingora::proxy::http_proxy(&server.configuration, proxy)),
         membership: membership.clone(),

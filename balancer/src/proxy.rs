@@ -43,8 +43,10 @@ pub struct Ctx {
     epoch: u64,
     /// Nodes that refused this request, skipped on retry.
     refused: Vec<String>,
-    /// Counted in a per-upstream gauge until `logging`.
-    open_gauge: Option<&'static str>,
+    /// Counted in a per-upstream gauge while it is open: until `logging`,
+    /// or until the stream's task is cut (`Tunnels`), which drops the ctx
+    /// without `logging`.
+    open: Option<Open>,
     started: Instant,
     /// When `upstream_peer` handed Pingora the peer: a fresh connection's
     /// connect time is measured from here to `connected_to_upstream`.
@@ -64,7 +66,7 @@ impl ProxyHttp for Proxy {
             upstream: None,
             epoch: 0,
             refused: Vec::new(),
-            open_gauge: None,
+            open: None,
             started: Instant::now(),
             connecting: None,
             short: false,
@@ -229,12 +231,9 @@ impl ProxyHttp for Proxy {
             (Route::Sse, 200) => &self.metrics.streams,
             _ => return Ok(()),
         };
-        gauge.with_label_values(&[&upstream.id]).inc();
-        ctx.open_gauge = Some(if ctx.route == Route::WebSocket {
-            "websocket"
-        } else {
-            "sse"
-        });
+        let gauge = gauge.with_label_values(&[&upstream.id]);
+        gauge.inc();
+        ctx.open = Some(Open(gauge));
         Ok(())
     }
 
@@ -285,14 +284,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let (Some(kind), Some(u)) = (ctx.open_gauge.take(), &ctx.upstream) {
-            let gauge = if kind == "websocket" {
-                &self.metrics.connections
-            } else {
-                &self.metrics.streams
-            };
-            gauge.with_label_values(&[&u.id]).dec();
-        }
+        ctx.open = None;
         let outcome = Outcome {
             route: ctx.route,
             meeting: ctx.plan.as_ref().map(|p| p.meeting.as_str().to_owned()),
@@ -301,6 +293,15 @@ impl ProxyHttp for Proxy {
             started: ctx.started,
         };
         outcome.record(&self.metrics, e.map(|e| e.to_string()).as_deref());
+    }
+}
+
+/// An open proxied stream's place in its gauge, given back on drop.
+pub struct Open(prometheus::IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

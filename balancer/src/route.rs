@@ -5,7 +5,7 @@
 
 use crate::routing::Routing;
 use roompin_shared::meeting_id::query_param;
-use roompin_shared::protocol::MEETING_PARAM;
+use roompin_shared::protocol::{MEETING_PARAM, NO_NODE_REASON};
 use roompin_shared::{MeetingId, Member};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub fn plan(routing: &Routing, query: Option<&str>) -> Result<Plan, Refusal> {
     let Some(owner) = routing.owner(meeting.as_str()) else {
         return Err(Refusal::new(
             503,
-            "no healthy chat node: try again shortly\n",
+            format!("{NO_NODE_REASON}: try again shortly\n"),
         ));
     };
     Ok(Plan {

@@ -107,6 +107,29 @@ impl Track {
     }
 }
 
+/// What a health check means for the connections open to the member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paths {
+    Keep,
+    /// End them: their clients reconnect, to a node they can reach.
+    Cut,
+}
+
+/// The rule "no member sits on a dead path": a member that has just failed
+/// its way out of the ring is out of this balancer's reach, and so are the
+/// clients tunnelled to it (their messages stall, and neither side may
+/// notice for minutes). Ending those connections sends the clients back
+/// through some balancer to whichever node holds their meeting now. A
+/// draining member (503) is different: it still answers, and sends its
+/// clients on itself as its rooms move; cutting them would only race its
+/// handoffs.
+pub fn paths_after(before: Health, next: Health, check: Check) -> Paths {
+    match (before, next, check) {
+        (Health::Healthy, Health::Unhealthy, Check::Failed) => Paths::Cut,
+        _ => Paths::Keep,
+    }
+}
+
 /// What the last view pushes to a node did.
 #[derive(Clone, Debug)]
 struct PushTrack {
@@ -247,8 +270,9 @@ impl Membership {
         self.probe_now.notify_one();
     }
 
-    /// Records one active check of `id`.
-    pub fn record_check(&self, id: &str, check: Check) {
+    /// Records one active check of `id`, and says what becomes of the
+    /// connections open to it (see [`paths_after`]).
+    pub fn record_check(&self, id: &str, check: Check) -> Paths {
         let mut inner = self.inner.lock();
         let (unhealthy_after, healthy_after) = (
             inner.config.health.unhealthy_after,
@@ -256,7 +280,7 @@ impl Membership {
         );
         inner.suspects.retain(|s| s != id);
         let Some(track) = inner.tracks.get_mut(id) else {
-            return;
+            return Paths::Keep;
         };
         let before = track.health;
         let next = track.record(check, unhealthy_after, healthy_after);
@@ -264,6 +288,7 @@ impl Membership {
             tracing::info!(upstream = id, from = ?before, to = ?next, "upstream health changed");
             self.rebuild(&mut inner);
         }
+        paths_after(before, next, check)
     }
 
     /// Passive check: a connection to `id` was refused. The checker probes it
@@ -412,6 +437,8 @@ fn build(balancer_id: &str, inner: &mut Inner, metrics: &Metrics) -> Routing {
 mod tests {
     use super::*;
 
+    /// The process's one registration (route.rs's tests share it; a second
+    /// `register` in one process fails).
     fn metrics() -> Metrics {
         // The one registration every unit test shares.
         Metrics::for_tests()
@@ -458,6 +485,37 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{checks}: {why}");
         }
+    }
+
+    /// When a check ends the member's connections: only when failures take
+    /// a healthy member out.
+    #[test]
+    fn paths_are_cut_only_when_failures_take_a_member_out() {
+        use Health::*;
+        use Paths::*;
+        #[rustfmt::skip]
+        let cases = [
+            (Healthy,   Unhealthy, Check::Failed,   Cut,  "unhealthy_after failures: out of reach"),
+            (Healthy,   Healthy,   Check::Failed,   Keep, "a blip below unhealthy_after"),
+            (Healthy,   Unhealthy, Check::Draining, Keep, "draining: it answers, and moves its clients itself"),
+            (Unhealthy, Unhealthy, Check::Failed,   Keep, "already out: cut when it went"),
+            (Unknown,   Unhealthy, Check::Failed,   Keep, "never in the ring: no connections to it"),
+            (Unhealthy, Healthy,   Check::Ok,       Keep, "failback"),
+            (Healthy,   Healthy,   Check::Ok,       Keep, "steady"),
+        ];
+        for (before, next, check, want, why) in cases {
+            assert_eq!(paths_after(before, next, check), want, "{why}");
+        }
+        // Through the membership (`unhealthy_after` 2 by default): the
+        // second failure in a row is the cut, and only it.
+        let m = Membership::new(config(&[A, B]), metrics());
+        assert_eq!(m.record_check("a", Check::Ok), Keep);
+        assert_eq!(m.record_check("a", Check::Failed), Keep);
+        assert_eq!(m.record_check("a", Check::Failed), Cut);
+        assert_eq!(m.record_check("a", Check::Failed), Keep);
+        assert_eq!(m.record_check("b", Check::Ok), Keep);
+        assert_eq!(m.record_check("b", Check::Draining), Keep);
+        assert_eq!(m.record_check("nobody", Check::Failed), Keep);
     }
 
     fn config(upstreams: &[(&str, &str, u32)]) -> BalancerConfig {

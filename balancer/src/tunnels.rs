@@ -1,7 +1,8 @@
 //! The open tunnels, by upstream: so that the balancer can end every
 //! tunnel to a node it no longer reaches (its clients see the connection
 //! end and reconnect, to the node that owns their meeting now), and end
-//! them all at shutdown.
+//! them all at shutdown. SSE streams, which Pingora's proxy serves, are
+//! registered the same way (`Tunnels::run`).
 //!
 //! Each tunnel runs as a task of its own; the registry keeps its abort
 //! handle. Ending a tunnel aborts its task, which drops (and so closes)
@@ -72,6 +73,22 @@ impl Tunnels {
         }
     }
 
+    /// Runs `work` as a task registered under `upstream` and waits for
+    /// it: `None` if it was cut (the task, and every socket it owned, is
+    /// gone then).
+    pub async fn run<T, Fut>(self: &Arc<Self>, upstream: &str, work: Fut) -> Option<T>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.spawn(upstream, move |registration| async move {
+            let _registration = registration;
+            let _ = tx.send(work.await);
+        });
+        rx.await.ok()
+    }
+
     /// Ends every tunnel to `upstream_id`, closing both of its sides so the
     /// client sees its connection end. Returns how many were ended.
     pub fn cut_upstream(&self, upstream_id: &str) -> usize {
@@ -111,6 +128,12 @@ impl Tunnels {
             .lock()
             .get(upstream_id)
             .map_or(0, HashMap::len)
+    }
+}
+
+impl crate::health::PathCutter for Tunnels {
+    fn cut(&self, upstream: &str) -> usize {
+        self.cut_upstream(upstream)
     }
 }
 
@@ -187,5 +210,30 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(tunnels.cut_all(), 0);
+    }
+
+    #[tokio::test]
+    async fn run_returns_the_result_or_none_when_cut() {
+        let tunnels = Arc::new(Tunnels::default());
+        assert_eq!(tunnels.run("node-a", async { 7 }).await, Some(7));
+        assert_eq!(tunnels.open("node-a"), 0, "done: out of the registry");
+        let (mut client, mut edge) = pair().await;
+        let waiting = {
+            let tunnels = tunnels.clone();
+            tokio::spawn(async move {
+                tunnels
+                    .run("node-a", async move {
+                        let mut b = [0u8; 1];
+                        let _ = edge.read(&mut b).await;
+                    })
+                    .await
+            })
+        };
+        while tunnels.open("node-a") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(tunnels.cut_upstream("node-a"), 1);
+        assert_eq!(waiting.await.expect("join"), None);
+        assert!(ended(&mut client).await, "the cut closed the socket");
     }
 }

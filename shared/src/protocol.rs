@@ -13,6 +13,12 @@ pub const VERSION: u32 = 1;
 /// name.)
 pub const MEETING_PARAM: &str = "meeting_id";
 
+/// How the body of a balancer's own `503` begins when it reaches no chat
+/// node at all: another balancer may, so a client reconnects through
+/// another balancer address at once rather than backing off
+/// (docs/PROTOCOL.md, "Reconnecting").
+pub const NO_NODE_REASON: &str = "no healthy chat node";
+
 /// WebSocket close codes. The 4000s are ours and each tells the client what
 /// to do next (see docs/PROTOCOL.md, "Reconnecting").
 pub mod close {

@@ -25,7 +25,9 @@ use eventsource_stream::Eventsource;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use roompin_shared::control::{RoomsReport, ROOMS_PATH};
-use roompin_shared::protocol::{close, error_code, PublishAccepted, PublishRequest, ServerEvent};
+use roompin_shared::protocol::{
+    close, error_code, PublishAccepted, PublishRequest, ServerEvent, NO_NODE_REASON,
+};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,8 +97,35 @@ struct Shared {
 }
 
 impl Shared {
-    fn pick(&self) -> usize {
-        rand::rng().random_range(0..self.balancers.len().max(1))
+    /// A balancer at random, other than those in `avoid` (if any is left).
+    fn pick(&self, avoid: &[usize]) -> usize {
+        let left: Vec<usize> = (0..self.balancers.len())
+            .filter(|b| !avoid.contains(b))
+            .collect();
+        match left.len() {
+            0 => rand::rng().random_range(0..self.balancers.len().max(1)),
+            n => left[rand::rng().random_range(0..n)],
+        }
+    }
+
+    /// What to wait after `outcome` through balancer `b`, by PROTOCOL.md;
+    /// keeps `avoid`, the balancers that said they reach no node since the
+    /// last welcome or other failure.
+    fn wait_after(
+        &self,
+        b: usize,
+        outcome: &Outcome,
+        attempt: &mut u32,
+        avoid: &mut Vec<usize>,
+    ) -> Duration {
+        if let Outcome::NoNode(_) = outcome {
+            avoid.push(b);
+            if avoid.len() < self.balancers.len() {
+                return jitter(self.options.moved_jitter);
+            }
+        }
+        avoid.clear();
+        next_wait(&self.options, outcome, attempt)
     }
 
     fn base(&self, i: usize) -> &str {
@@ -281,8 +310,16 @@ fn backoff(o: &ClientOptions, attempt: &mut u32) -> Duration {
 enum Outcome {
     /// No welcome: the reason.
     NoWelcome(String),
+    /// The balancer answered that it reaches no chat node (its own `503`).
+    NoNode(String),
     /// Welcomed, then ended like this after being up for that long.
     Ended(End, Duration),
+}
+
+/// Whether a refused request was a balancer's own 503 saying it reaches no
+/// chat node (docs/PROTOCOL.md: try another balancer at once).
+fn no_node(status: u16, body: Option<&[u8]>) -> bool {
+    status == 503 && body.is_some_and(|b| b.starts_with(NO_NODE_REASON.as_bytes()))
 }
 
 /// Where a member resumes from: the last seq it saw, and its incarnation.
@@ -299,7 +336,7 @@ fn on_welcome(resume: &mut Resume, room: &str, seq: u64, recovered: Option<bool>
 /// What to wait before reconnecting after `outcome`, by PROTOCOL.md.
 fn next_wait(o: &ClientOptions, outcome: &Outcome, attempt: &mut u32) -> Duration {
     match outcome {
-        Outcome::NoWelcome(_) => backoff(o, attempt),
+        Outcome::NoWelcome(_) | Outcome::NoNode(_) => backoff(o, attempt),
         Outcome::Ended(end, up) => {
             if *up >= o.stable_after {
                 *attempt = 0;
@@ -364,8 +401,9 @@ async fn ws_member(
     let user = user_name(&log);
     let mut resume: Resume = None;
     let mut attempt = 0u32;
+    let mut avoid = Vec::new();
     loop {
-        let b = shared.pick();
+        let b = shared.pick(&avoid);
         log.connect(b, Route::Ws, resume.as_ref().map(|(s, r)| (*s, r.as_str())));
         let url = member_url(
             &ws_base(shared.base(b)),
@@ -377,7 +415,9 @@ async fn ws_member(
         );
         let outcome = ws_session(&shared, &log, &meeting, &url, &mut resume, churn, publish).await;
         match &outcome {
-            Outcome::NoWelcome(reason) => log.connect_failed(reason.as_str()),
+            Outcome::NoWelcome(reason) | Outcome::NoNode(reason) => {
+                log.connect_failed(reason.as_str())
+            }
             Outcome::Ended(end, _) => {
                 log.ended(*end);
                 if *end == End::Left {
@@ -385,7 +425,7 @@ async fn ws_member(
                 }
             }
         }
-        tokio::time::sleep(next_wait(&shared.options, &outcome, &mut attempt)).await;
+        tokio::time::sleep(shared.wait_after(b, &outcome, &mut attempt, &mut avoid)).await;
     }
 }
 
@@ -420,25 +460,30 @@ async fn ws_session(
     let connect = async {
         let (mut ws, _) = tokio_tungstenite::connect_async(url)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp)
+                    if no_node(resp.status().as_u16(), resp.body().as_deref()) =>
+                {
+                    Outcome::NoNode(format!("connect: 503 {NO_NODE_REASON}"))
+                }
+                e => Outcome::NoWelcome(format!("connect: {e}")),
+            })?;
         loop {
-            match ws.next().await {
+            let reason = match ws.next().await {
                 Some(Ok(Message::Text(t))) => return Ok((ws, t)),
                 Some(Ok(Message::Close(f))) => {
-                    return Err(format!(
-                        "closed before welcome: {:?}",
-                        f.map(|f| u16::from(f.code))
-                    ))
+                    format!("closed before welcome: {:?}", f.map(|f| u16::from(f.code)))
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(format!("before welcome: {e}")),
-                None => return Err("ended before welcome".to_owned()),
-            }
+                Some(Err(e)) => format!("before welcome: {e}"),
+                None => "ended before welcome".to_owned(),
+            };
+            return Err(Outcome::NoWelcome(reason));
         }
     };
     let (mut ws, first) = match tokio::time::timeout(o.welcome_timeout, connect).await {
         Err(_) => return Outcome::NoWelcome(format!("no welcome within {:?}", o.welcome_timeout)),
-        Ok(Err(reason)) => return Outcome::NoWelcome(reason),
+        Ok(Err(outcome)) => return outcome,
         Ok(Ok(x)) => x,
     };
     let Ok(ServerEvent::Welcome {
@@ -551,8 +596,9 @@ async fn sse_member(shared: Arc<Shared>, log: ClientLog, meeting: String) {
     let user = user_name(&log);
     let mut resume: Resume = None;
     let mut attempt = 0u32;
+    let mut avoid = Vec::new();
     loop {
-        let b = shared.pick();
+        let b = shared.pick(&avoid);
         log.connect(
             b,
             Route::Sse,
@@ -562,10 +608,12 @@ async fn sse_member(shared: Arc<Shared>, log: ClientLog, meeting: String) {
         let url = member_url(shared.base(b), "sse", &meeting, &user, &resume, false);
         let outcome = sse_session(&shared, &log, &meeting, &url, &mut resume).await;
         match &outcome {
-            Outcome::NoWelcome(reason) => log.connect_failed(reason.as_str()),
+            Outcome::NoWelcome(reason) | Outcome::NoNode(reason) => {
+                log.connect_failed(reason.as_str())
+            }
             Outcome::Ended(end, _) => log.ended(*end),
         }
-        tokio::time::sleep(next_wait(&shared.options, &outcome, &mut attempt)).await;
+        tokio::time::sleep(shared.wait_after(b, &outcome, &mut attempt, &mut avoid)).await;
     }
 }
 
@@ -594,6 +642,9 @@ async fn sse_session(
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
+        if no_node(status.as_u16(), Some(body.as_bytes())) {
+            return Outcome::NoNode(format!("status {status}: {}", body.trim()));
+        }
         return Outcome::NoWelcome(format!("status {status}: {}", body.trim()));
     }
     let mut events = resp.bytes_stream().eventsource();
@@ -657,7 +708,7 @@ async fn publisher(shared: Arc<Shared>, log: ClientLog, meetings: Vec<String>, p
             return;
         };
         let meeting = meetings[i % meetings.len()].clone();
-        let b = shared.pick();
+        let b = shared.pick(&[]);
         let url = format!("{}/messages?meeting_id={meeting}", shared.base(b));
         let tag = shared.history.next_tag();
         let body = PublishRequest {
@@ -776,6 +827,45 @@ async fn poll_node(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A balancer that reaches no node is skipped at once for another;
+    /// only when every balancer said so does the client back off.
+    #[test]
+    fn a_balancer_without_nodes_sends_the_client_to_another_at_once() {
+        assert!(no_node(
+            503,
+            Some(b"no healthy chat node: try again shortly\n")
+        ));
+        assert!(!no_node(503, Some(b"meeting is moving")), "a node's 503");
+        assert!(!no_node(502, Some(b"no healthy chat node")));
+        assert!(!no_node(503, None));
+
+        let shared = Shared {
+            history: History::manual(),
+            balancers: vec!["b1".into(), "b2".into(), "b3".into()],
+            options: ClientOptions::default(),
+            http: reqwest::Client::new(),
+        };
+        let o = &shared.options;
+        let no = Outcome::NoNode("503".into());
+        let (mut attempt, mut avoid) = (0u32, Vec::new());
+        assert!(shared.wait_after(0, &no, &mut attempt, &mut avoid) <= o.moved_jitter);
+        for _ in 0..50 {
+            assert_ne!(shared.pick(&avoid), 0, "b1 just said it has no node");
+        }
+        assert!(shared.wait_after(2, &no, &mut attempt, &mut avoid) <= o.moved_jitter);
+        for _ in 0..50 {
+            assert_eq!(shared.pick(&avoid), 1);
+        }
+        assert_eq!(attempt, 0, "no attempt counted while others are left");
+        // The last one says so too: back off, and start over.
+        shared.wait_after(1, &no, &mut attempt, &mut avoid);
+        assert_eq!((attempt, avoid.len()), (1, 0));
+        // Any other failure clears the list.
+        shared.wait_after(0, &no, &mut attempt, &mut avoid);
+        shared.wait_after(1, &Outcome::NoWelcome("x".into()), &mut attempt, &mut avoid);
+        assert!(avoid.is_empty());
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_full_jitter() {
