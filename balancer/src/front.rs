@@ -24,6 +24,7 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 use crate::capacity::{Admit, Capacity, Slot};
 use crate::gate::{Asked, Counted, Gate};
@@ -56,6 +57,11 @@ pub struct Front {
 /// How long a refusal at the cap may take to write before the connection
 /// is dropped anyway.
 const FULL_ANSWER: Duration = Duration::from_millis(500);
+/// How long a refused connection may take to start its request. A 503
+/// written before the client has sent anything is, to an HTTP client, a
+/// message on an idle connection, not the answer to its request (hyper
+/// reports `UnexpectedMessage`), so the refusal waits for the first bytes.
+const FULL_WAIT: Duration = Duration::from_millis(200);
 
 #[async_trait]
 impl ServerApp for Front {
@@ -201,6 +207,8 @@ impl Front {
             self.capacity.max()
         );
         let answer = respond::plain(503, &reason);
+        let mut first = [0u8; 512];
+        let _ = tokio::time::timeout(FULL_WAIT, stream.read(&mut first)).await;
         let _ = tokio::time::timeout(FULL_ANSWER, respond::and_close(&mut stream, &answer)).await;
     }
 
