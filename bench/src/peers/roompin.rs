@@ -72,7 +72,10 @@ impl BalancerConfig {
     /// operator's editor would, so the watcher never reads half a file.
     pub fn write(&self, nodes: &[&Node]) -> anyhow::Result<()> {
         let mut t = format!(
-            "listen = \"{}\"\nadmin_listen = \"{}\"\nvnodes = {}\n",
+            // max_connections: the idle and storm scenarios hold 9,000
+            // WebSockets, over the default cap of 8,000 (and within the
+            // budget of a 20,000-descriptor process).
+            "listen = \"{}\"\nadmin_listen = \"{}\"\nvnodes = {}\nmax_connections = 9400\n",
             self.addr, self.admin, self.vnodes
         );
         match &self.token {
