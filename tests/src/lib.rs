@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod dashboard;
 pub mod edge;
 pub mod exercise;
+pub mod flood;
 pub mod history;
 pub mod netbed;
 pub mod process;

@@ -14,12 +14,10 @@
 use futures_util::{SinkExt, StreamExt};
 use roompin_shared::protocol::{close, error_code};
 use roompin_tests::{eventually, get, metric, NodeOptions, NodeProc, WsClient, PATIENCE};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
@@ -546,81 +544,7 @@ async fn malformed_requests_and_frames_get_their_answers() {
 #[tokio::test]
 #[ignore = "a helper process of floods_meet_the_cap_not_the_descriptor_limit"]
 async fn half_open_holder() {
-    let (Ok(target), Ok(source), Ok(count), Ok(hold)) = (
-        std::env::var("HOLDER_TARGET"),
-        std::env::var("HOLDER_SOURCE"),
-        std::env::var("HOLDER_COUNT"),
-        std::env::var("HOLDER_MS"),
-    ) else {
-        return;
-    };
-    let target: SocketAddr = target.parse().expect("target");
-    let source: IpAddr = source.parse().expect("source");
-    let count: usize = count.parse().expect("count");
-    let hold = Duration::from_millis(hold.parse().expect("ms"));
-    let closed = Arc::new(AtomicUsize::new(0));
-    let mut opened = 0;
-    let mut tasks = Vec::new();
-    for _ in 0..count {
-        let Ok(sock) = TcpSocket::new_v4() else { break };
-        if sock.bind(SocketAddr::new(source, 0)).is_err() {
-            break;
-        }
-        let Ok(Ok(mut tcp)) =
-            tokio::time::timeout(Duration::from_secs(5), sock.connect(target)).await
-        else {
-            continue;
-        };
-        if tcp
-            .write_all(b"GET /websocket?meeting_id=held HTTP/1.1\r\nHost: n\r\n")
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        opened += 1;
-        let closed = closed.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut b = [0u8; 512];
-            // The node closes it (eviction, deadline) or it is dropped
-            // when the hold ends.
-            if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(hold, tcp.read(&mut b)).await {
-                closed.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    println!("holder: opened {opened}");
-    for t in tasks {
-        let _ = t.await;
-    }
-    println!("holder: closed {}", closed.load(Ordering::Relaxed));
-}
-
-/// Spawns a holder process and returns its child.
-fn holder(
-    target: SocketAddr,
-    source: Ipv4Addr,
-    count: usize,
-    hold_ms: u64,
-) -> tokio::process::Child {
-    let exe = std::env::current_exe().expect("test binary");
-    tokio::process::Command::new(exe)
-        .args([
-            "half_open_holder",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HOLDER_TARGET", target.to_string())
-        .env("HOLDER_SOURCE", source.to_string())
-        .env("HOLDER_COUNT", count.to_string())
-        .env("HOLDER_MS", hold_ms.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn a holder")
+    roompin_tests::flood::hold_half_open_from_env().await;
 }
 
 /// How long a normal client takes to join and get its welcome.
@@ -664,7 +588,8 @@ async fn floods_meet_the_cap_not_the_descriptor_limit() {
     let hold_ms = 40_000;
     let mut holders: Vec<_> = (0..HOLDERS)
         .map(|i| {
-            holder(
+            roompin_tests::flood::spawn_holder(
+                "half_open_holder",
                 node.addr,
                 Ipv4Addr::new(127, 0, 0, 2 + i),
                 PER_HOLDER,

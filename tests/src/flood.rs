@@ -1,0 +1,95 @@
+//! Floods of half-open request heads from helper processes: one process may
+//! hold at most 20,000 descriptors, so a test that needs more spawns its own
+//! binary several times, each running an ignored test that calls
+//! [`hold_half_open_from_env`] from its own 127.0.0.x source address.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+/// Opens `HOLDER_COUNT` connections from `HOLDER_SOURCE` to `HOLDER_TARGET`,
+/// sends half a request head on each, holds them `HOLDER_MS`, then prints
+/// how many it opened and how many the server closed. Does nothing without
+/// those variables (a plain `--ignored` run).
+pub async fn hold_half_open_from_env() {
+    let (Ok(target), Ok(source), Ok(count), Ok(hold)) = (
+        std::env::var("HOLDER_TARGET"),
+        std::env::var("HOLDER_SOURCE"),
+        std::env::var("HOLDER_COUNT"),
+        std::env::var("HOLDER_MS"),
+    ) else {
+        return;
+    };
+    let target: SocketAddr = target.parse().expect("target");
+    let source: IpAddr = source.parse().expect("source");
+    let count: usize = count.parse().expect("count");
+    let hold = Duration::from_millis(hold.parse().expect("ms"));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut opened = 0;
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let Ok(sock) = TcpSocket::new_v4() else { break };
+        if sock.bind(SocketAddr::new(source, 0)).is_err() {
+            break;
+        }
+        let Ok(Ok(mut tcp)) =
+            tokio::time::timeout(Duration::from_secs(5), sock.connect(target)).await
+        else {
+            continue;
+        };
+        if tcp
+            .write_all(b"GET /websocket?meeting_id=held HTTP/1.1\r\nHost: roompin.test\r\n")
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        opened += 1;
+        let closed = closed.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut b = [0u8; 512];
+            // The server closes it (eviction, deadline) or it is dropped
+            // when the hold ends.
+            if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(hold, tcp.read(&mut b)).await {
+                closed.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    println!("holder: opened {opened}");
+    for t in tasks {
+        let _ = t.await;
+    }
+    println!("holder: closed {}", closed.load(Ordering::Relaxed));
+}
+
+/// Spawns the holder process: the current test binary, running its
+/// ignored test `name`, which calls [`hold_half_open_from_env`].
+pub fn spawn_holder(
+    name: &str,
+    target: SocketAddr,
+    source: Ipv4Addr,
+    count: usize,
+    hold_ms: u64,
+) -> tokio::process::Child {
+    let exe = std::env::current_exe().expect("test binary");
+    tokio::process::Command::new(exe)
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HOLDER_TARGET", target.to_string())
+        .env("HOLDER_SOURCE", source.to_string())
+        .env("HOLDER_COUNT", count.to_string())
+        .env("HOLDER_MS", hold_ms.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn a holder")
+}
