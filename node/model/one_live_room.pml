@@ -62,8 +62,8 @@
 #define JOIN    2   /* balancer -> node: x = balancer, y = routed epoch   */
 #define WHERE   3   /* node -> node: x = round                            */
 #define ANS     4   /* node -> node: x = round, y = holding*8 + target    */
-#define HANDOFF 5   /* node -> node: x = seq, y = room incarnation        */
-#define HACK    6   /* node -> node: x = outcome                          */
+#define HANDOFF 5   /* node -> node: x = seq, y = move id*32 + room        */
+#define HACK    6   /* node -> node: x = outcome, y = the move id answered */
 #define ABORT   7   /* node -> node: y = room incarnation                 */
 #define AREP    8   /* node -> node: x = adopted (0/1)                    */
 #define PUBFWD  9   /* node -> node: x = count of forwarded publishes     */
@@ -138,6 +138,7 @@ byte slot[NN];
 byte seq[NN];          /* the room's seq (live or moving)           */
 byte room[NN];         /* the room's incarnation                    */
 byte target[NN];       /* moving/moved: where to                    */
+byte mid[NN];          /* the current move's id (MoveOrder::id)     */
 byte queued[NN];       /* publishes queued while moving             */
 byte round[NN];
 byte rounds_left[NN];
@@ -174,17 +175,21 @@ inline send(s_to, s_kind, s_from, s_x, s_y) {
     }
 }
 
-/* Ownership::move_target: some view names another node and none names me. */
+/* Ownership::move_target: a room leaves once the views that carry the
+ * newest config name another node (views with an older config are not
+ * waited for), or once no view names this node. The model lets it leave
+ * whenever any view names another node: a superset of that rule, so that
+ * any choice of which views count is covered. r: it must stay. */
 inline named_me(i, r) {
-    r = (O(i,0) == i || O(i,1) == i)
+    r = (O(i,0) == i && O(i,1) == i)
 }
 
 /* Placement::close_for_move (and Room::close_for_move): the room stops
  * serving and its handoff goes out. */
 inline close_for_move(i, to) {
     slot[i] = S_MOVING; target[i] = to; live--;
-    settling[i] = false;
-    send(to, HANDOFF, i, seq[i], room[i])
+    settling[i] = false; mid[i] = (mid[i] + 1) % 8;
+    send(to, HANDOFF, i, seq[i], mid[i]*32 + room[i])
 }
 
 /* Placement::start_moves / answer_where: pick the new holder among the
@@ -395,27 +400,29 @@ end:
             /* control::handoff: Placement::adopt. */
             :: kind == HANDOFF ->
                 if
-                :: aborted[i] == y -> send(from, HACK, i, O_ABORTED, 0)
-                :: slot[i] == S_LIVE && room[i] == y -> send(from, HACK, i, O_DUP, 0)
-                :: (slot[i] == S_LIVE || slot[i] == S_MOVING) && room[i] != y ->
-                    send(from, HACK, i, O_CONFLICT, 0)
+                :: aborted[i] == y % 32 -> send(from, HACK, i, O_ABORTED, y / 32)
+                :: slot[i] == S_LIVE && room[i] == y % 32 -> send(from, HACK, i, O_DUP, y / 32)
+                :: (slot[i] == S_LIVE || slot[i] == S_MOVING) && room[i] != y % 32 ->
+                    send(from, HACK, i, O_CONFLICT, y / 32)
                 /* Our own room, handed on and back before our handoff's
                  * answer came: it landed, and returns with what was added
                  * there. Adopt it; what was queued here goes into it. */
-                :: aborted[i] != y && slot[i] == S_MOVING && room[i] == y ->
+                :: aborted[i] != y % 32 && slot[i] == S_MOVING && room[i] == y % 32 ->
                     d_step {
                         slot[i] = S_LIVE; live++; seq[i] = x + queued[i];
                         acked = acked + queued[i]; queued[i] = 0; CHECK_LIVE(i)
                     }
-                    send(from, HACK, i, O_ADOPTED, 0)
-                :: aborted[i] != y && (slot[i] == S_NONE || slot[i] == S_ACQ || slot[i] == S_MOVED) ->
-                    d_step { slot[i] = S_LIVE; live++; seq[i] = x; room[i] = y; CHECK_LIVE(i) }
-                    send(from, HACK, i, O_ADOPTED, 0)
+                    send(from, HACK, i, O_ADOPTED, y / 32)
+                :: aborted[i] != y % 32 && (slot[i] == S_NONE || slot[i] == S_ACQ || slot[i] == S_MOVED) ->
+                    d_step { slot[i] = S_LIVE; live++; seq[i] = x; room[i] = y % 32; CHECK_LIVE(i) }
+                    send(from, HACK, i, O_ADOPTED, y / 32)
                 fi
             /* mover::send: the answer to a handoff. */
             :: kind == HACK ->
                 if
-                :: slot[i] == S_MOVING && target[i] == from && !settling[i] ->
+                /* Finish the move this answers, not a later one (a room handed
+                 * on, back, and on again has one incarnation but three moves). */
+                :: slot[i] == S_MOVING && target[i] == from && !settling[i] && y == mid[i] ->
                     if
                     :: x == O_ADOPTED || x == O_DUP -> landed(i)
                     :: x == O_ABORTED -> reopen(i)
