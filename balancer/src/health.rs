@@ -190,7 +190,7 @@ mod tests {
         );
         let config =
             BalancerConfig::from_toml(std::path::Path::new("t.toml"), &toml).expect("config");
-        let membership = Membership::new(config, Metrics::for_tests());
+        let membership = Membership::new(config, 0, Metrics::for_tests());
         let cutter = Arc::new(Recorded::default());
         let checker = HealthChecker::new(membership.clone(), Metrics::for_tests(), cutter.clone());
         let cuts = || cutter.0.lock().clone();

@@ -60,6 +60,7 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
         listen: cli.listen,
         admin_listen: cli.admin_listen,
     };
+    let written_ms = source.written_ms();
     let config = source.load()?;
     let key_base = roompin_shared::auth::key_base(&cli.config);
     // Everything the config names is read now, so a bad file stops the
@@ -81,7 +82,7 @@ pub fn run(cli: Options) -> anyhow::Result<()> {
     if !config.moves {
         tracing::warn!("moves = false: rooms do not move when the node set changes, so every change splits the meetings it reassigns");
     }
-    let membership = routing::Membership::new(config, metrics.clone());
+    let membership = routing::Membership::new(config, written_ms, metrics.clone());
     // The tunnels by upstream: the health checker ends a node's tunnels
     // when it stops reaching the node (`routing::paths_after`).
     let tunnels = Arc::new(tunnels::Tunnels::default());

@@ -32,6 +32,21 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
+    /// When the file was last written (Unix ms; 0 if its mtime cannot be
+    /// read). Pushed to the nodes with the view (`RingView::config_ms`): of
+    /// two balancers whose configured members differ, the one whose file
+    /// was written later carries the edit that config management is rolling
+    /// out, and rooms follow it at once instead of waiting for the other.
+    /// It is the file's time, not the load's, so a balancer restarted on an
+    /// old file does not pass for the newest edit.
+    pub fn written_ms(&self) -> u64 {
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
     pub fn load(&self) -> Result<BalancerConfig, ConfigError> {
         let mut config = BalancerConfig::load(&self.path)?;
         config.listen = self.listen.unwrap_or(config.listen);
@@ -118,6 +133,9 @@ impl Reloader {
     }
 
     fn reload(&self, why: &str) {
+        // Before the read: an edit that lands meanwhile triggers another
+        // reload, which stamps it.
+        let written_ms = self.source.written_ms();
         let loaded = self
             .source
             .load()
@@ -139,7 +157,7 @@ impl Reloader {
                 self.capacity
                     .set_max(held_to_budget(config.max_connections, self.fd_budget));
                 let before = self.membership.routing().epoch;
-                self.membership.apply_config(config);
+                self.membership.apply_config(config, written_ms);
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 let epoch = self.membership.routing().epoch;
                 tracing::info!(why, path = %self.source.path.display(), epoch, changed = epoch != before, "config reloaded");

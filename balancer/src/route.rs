@@ -142,7 +142,7 @@ mod tests {
              [[upstream]]\nid = \"b\"\naddr = \"127.0.0.1:4\"\n"
         );
         let config = BalancerConfig::from_toml(Path::new("t.toml"), &toml).expect("config");
-        let m = Membership::new(config, Metrics::for_tests());
+        let m = Membership::new(config, 0, Metrics::for_tests());
         for id in ["a", "b"] {
             m.record_check(id, crate::health::Check::Ok);
         }

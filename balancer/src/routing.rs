@@ -157,6 +157,8 @@ pub enum PushOutcome {
 
 struct Inner {
     config: Arc<BalancerConfig>,
+    /// When the file behind `config` was written (`RingView::config_ms`).
+    config_ms: u64,
     tracks: HashMap<String, Track>,
     epoch: u64,
     departed: Vec<(Member, Instant)>,
@@ -178,7 +180,9 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(config: BalancerConfig, metrics: Metrics) -> Arc<Membership> {
+    /// `written_ms`: when the config file was written (see
+    /// `reload::ConfigSource::written_ms`).
+    pub fn new(config: BalancerConfig, written_ms: u64, metrics: Metrics) -> Arc<Membership> {
         // The view's source names this process, not just this balancer: a
         // restarted balancer counts its epochs from 1 again, and nodes would
         // otherwise keep the dead process's higher epoch and ignore the new
@@ -195,6 +199,7 @@ impl Membership {
             .collect();
         let mut inner = Inner {
             config,
+            config_ms: written_ms,
             tracks,
             epoch: 0,
             departed: Vec::new(),
@@ -220,8 +225,9 @@ impl Membership {
 
     /// Applies a reloaded config. Members keep their health across reloads;
     /// new ones start unknown and are probed at once.
-    pub fn apply_config(&self, config: BalancerConfig) {
+    pub fn apply_config(&self, config: BalancerConfig, written_ms: u64) {
         let mut inner = self.inner.lock();
+        inner.config_ms = written_ms;
         let old = inner.config.clone();
         if old.listen != config.listen || old.admin_listen != config.admin_listen {
             tracing::warn!(
@@ -336,6 +342,7 @@ impl Membership {
             .collect();
         RingView {
             source: routing.balancer_id.clone(),
+            config_ms: inner.config_ms,
             epoch: routing.epoch,
             vnodes: routing.config.vnodes,
             members: routing.config.members(),
@@ -508,7 +515,7 @@ mod tests {
         }
         // Through the membership (`unhealthy_after` 2 by default): the
         // second failure in a row is the cut, and only it.
-        let m = Membership::new(config(&[A, B]), metrics());
+        let m = Membership::new(config(&[A, B]), 0, metrics());
         assert_eq!(m.record_check("a", Check::Ok), Keep);
         assert_eq!(m.record_check("a", Check::Failed), Keep);
         assert_eq!(m.record_check("a", Check::Failed), Cut);
@@ -548,7 +555,7 @@ mod tests {
 
     #[test]
     fn reloads_keep_health_bump_the_epoch_only_for_ring_changes_and_remember_the_departed() {
-        let m = Membership::new(config(&[A, B]), metrics());
+        let m = Membership::new(config(&[A, B]), 0, metrics());
         m.record_check("a", Check::Ok);
         m.record_check("b", Check::Ok);
         assert_eq!(healthy_ids(&m), vec!["a", "b"]);
@@ -557,13 +564,13 @@ mod tests {
         // Same members, other settings: same epoch, health kept.
         let mut same = config(&[A, B]);
         same.push_interval_ms = 777;
-        m.apply_config(same);
+        m.apply_config(same, 0);
         assert_eq!(m.routing().epoch, epoch);
         assert_eq!(m.routing().config.push_interval_ms, 777);
         assert_eq!(healthy_ids(&m), vec!["a", "b"]);
 
         // A new member starts unknown (owns nothing) until checked.
-        m.apply_config(config(&[A, B, C]));
+        m.apply_config(config(&[A, B, C]), 0);
         assert_eq!(m.routing().epoch, epoch + 1);
         assert_eq!(m.routing().health_of("c"), Health::Unknown);
         assert_eq!(healthy_ids(&m), vec!["a", "b"]);
@@ -571,11 +578,11 @@ mod tests {
         assert_eq!(healthy_ids(&m), vec!["a", "b", "c"]);
 
         // A weight change is a ring change.
-        m.apply_config(config(&[A, ("b", "127.0.0.1:9002", 2), C]));
+        m.apply_config(config(&[A, ("b", "127.0.0.1:9002", 2), C]), 0);
         assert_eq!(m.routing().epoch, epoch + 3);
 
         // A removed member is remembered, and gets views meanwhile.
-        m.apply_config(config(&[A, C]));
+        m.apply_config(config(&[A, C]), 0);
         let departed: Vec<String> = m.departed().into_iter().map(|x| x.id).collect();
         assert_eq!(departed, vec!["b"]);
         let view = m.view();
@@ -583,7 +590,7 @@ mod tests {
         assert!(!view.members.iter().any(|x| x.id == "b"));
 
         // The same id at another address is another node: unknown again.
-        m.apply_config(config(&[A, ("c", "127.0.0.1:9999", 1)]));
+        m.apply_config(config(&[A, ("c", "127.0.0.1:9999", 1)]), 0);
         assert_eq!(m.routing().health_of("c"), Health::Unknown);
         let departed: Vec<String> = m.departed().into_iter().map(|x| x.addr).collect();
         assert!(departed.contains(&"127.0.0.1:9003".to_owned()));
@@ -591,7 +598,7 @@ mod tests {
 
     #[test]
     fn failing_pushes_are_reported_in_the_view_with_the_time_since_a_possible_renewal() {
-        let m = Membership::new(config(&[A, B]), metrics());
+        let m = Membership::new(config(&[A, B]), 0, metrics());
         assert!(
             m.push_status("a").is_some(),
             "never pushed counts as failing"

@@ -114,6 +114,30 @@ impl Views {
         self.by_source.values().filter(move |v| v.is_fresh(now))
     }
 
+    /// The fresh views that rooms move by. While config management rolls
+    /// an edit out, the balancers' configured members differ for a while
+    /// (seconds, one machine after another). A view whose members differ
+    /// from those of a view whose file was written later is on its way out,
+    /// and is not waited for: rooms follow the newest edit at once, and the
+    /// balancer that has not caught up meanwhile routes to the old holder,
+    /// which forwards its members to the new one. Views with the same
+    /// members (they differ in health only, as when one balancer cannot
+    /// reach a node) all count, so a room leaves only when none of them
+    /// names this node. Safety does not rest on this choice (the claim
+    /// rounds and handoffs keep one live room whatever views say, and
+    /// node/model/one_live_room.pml lets rooms move by any view); it only
+    /// decides how soon rooms move.
+    fn current(&self, now: Instant) -> impl Iterator<Item = &Arc<Held>> {
+        let newest = self.fresh(now).max_by(|a, b| {
+            (a.view.config_ms, &a.view.source).cmp(&(b.view.config_ms, &b.view.source))
+        });
+        self.fresh(now).filter(move |v| {
+            newest.is_some_and(|n| {
+                v.view.config_ms >= n.view.config_ms || same_members(&v.view, &n.view)
+            })
+        })
+    }
+
     /// Whether this node has ever been told a view (it is part of a
     /// cluster, and the one-live-room rules apply).
     pub fn in_cluster(&self) -> bool {
@@ -194,14 +218,16 @@ impl Views {
     }
 
     /// Where a room this node holds should go, if it should leave: once no
-    /// fresh view names this node as the meeting's owner, to the owner the
-    /// most fresh views name (the newest view breaks a tie). A room stays
-    /// while any fresh view still names this node, so that two balancers
-    /// that disagree for a while never bounce it between nodes; the other
-    /// nodes forward its members here meanwhile.
+    /// current view (see [`Views::current`]: fresh, and not behind another
+    /// balancer's config edit) names this node as the meeting's owner, to
+    /// the owner the most of them name (the newest view breaks a tie). A
+    /// room stays while any current view still names this node, so that
+    /// two balancers whose health views disagree for a while never bounce
+    /// it between nodes; the other nodes forward its members here
+    /// meanwhile.
     pub fn move_target(&self, meeting: &str, now: Instant) -> Option<NodeRef> {
         let mut votes: Vec<(NodeRef, usize, Instant)> = Vec::new();
-        for v in self.fresh(now) {
+        for v in self.current(now) {
             let owner = v.owner(meeting)?;
             if owner.id == self.me {
                 return None;
@@ -299,6 +325,21 @@ impl Views {
     }
 }
 
+/// Whether two views configure the same members (ids, addresses, weights)
+/// and ring, whatever order their files list them in.
+fn same_members(a: &RingView, b: &RingView) -> bool {
+    fn sorted(v: &RingView) -> Vec<(&str, &str, u32)> {
+        let mut m: Vec<_> = v
+            .members
+            .iter()
+            .map(|m| (m.id.as_str(), m.addr.as_str(), m.weight))
+            .collect();
+        m.sort_unstable();
+        m
+    }
+    a.vnodes == b.vnodes && sorted(a) == sorted(b)
+}
+
 /// The node's views behind a lock, and the lease they grant.
 pub struct Ownership {
     views: Mutex<Views>,
@@ -351,6 +392,7 @@ mod tests {
         RingView {
             source: source.into(),
             epoch,
+            config_ms: 0,
             vnodes: 64,
             members: members.iter().map(|m| member(m)).collect(),
             healthy: healthy.iter().map(|h| h.to_string()).collect(),
@@ -500,6 +542,49 @@ mod tests {
         assert_eq!(w.move_target(&m, stale).map(|n| n.id), Some("d".into()));
         // No fresh view at all: nothing to decide (the node is fenced).
         assert_eq!(w.move_target(&m, now + Duration::from_secs(5)), None);
+    }
+
+    /// While an edit rolls out, rooms follow the balancer whose file was
+    /// written later; views that differ in health only all count.
+    #[test]
+    fn a_room_follows_the_newest_config_edit_without_waiting_for_the_other_balancer() {
+        let (abc, abcd) = rings();
+        let m = meeting_moving_to_d(&abc, &abcd);
+        let now = Instant::now();
+        let stamped = |source, members: &[&str], healthy: &[&str], ms| RingView {
+            config_ms: ms,
+            ..view(source, 1, members, healthy)
+        };
+        let abc = ["a", "b", "c"];
+        let abcd = ["a", "b", "c", "d"];
+        let dcba = ["d", "c", "b", "a"];
+        #[rustfmt::skip]
+        let cases: Vec<(RingView, RingView, Option<&str>, &str)> = vec![
+            (stamped("b1", &abc, &abc, 100), stamped("b2", &abc, &abc, 100), None,
+                "agreed: a owns it"),
+            (stamped("b1", &abcd, &abcd, 200), stamped("b2", &abc, &abc, 100), Some("d"),
+                "b1 has the newer edit; b2 will follow"),
+            (stamped("b1", &abcd, &abcd, 200), stamped("b2", &abc, &abc, 300), None,
+                "b2's file is newer (an edit undone): it counts, and names a"),
+            (stamped("b1", &abcd, &abcd, 200), stamped("b2", &abc, &abc, 200), None,
+                "the same time: both count, and b2 names a"),
+            (stamped("b1", &abcd, &abc, 200), stamped("b2", &abcd, &abcd, 300), None,
+                "the same members, b1 cannot reach d: health only, both count"),
+            (stamped("b1", &abcd, &abcd, 200), stamped("b2", &dcba, &dcba, 100), Some("d"),
+                "the same members in another order: one config"),
+            (stamped("b1", &abcd, &abcd, 0), stamped("b2", &abc, &abc, 0), None,
+                "unstamped (older balancers): wait for both"),
+        ];
+        for (v1, v2, want, why) in cases {
+            let mut v = Views::new("a");
+            v.apply(v1, now);
+            v.apply(v2, now);
+            assert_eq!(
+                v.move_target(&m, now).map(|n| n.id),
+                want.map(String::from),
+                "{why}"
+            );
+        }
     }
 
     #[test]

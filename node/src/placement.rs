@@ -42,6 +42,11 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 pub const ELSEWHERE_TTL: Duration = Duration::from_secs(1);
 /// After a refused handoff, how long before the room is offered again.
 pub const MOVE_RETRY: Duration = Duration::from_secs(1);
+/// A room adopted here stays at least this long. Its sender moved it by a
+/// view that may not have reached this node yet (pushes reach the nodes
+/// one after another); without the pause, this node could judge by the
+/// older view and send the room straight back.
+pub const ADOPTED_STAYS: Duration = Duration::from_millis(500);
 /// Publishes queued for a room in transit, at most.
 pub const QUEUE_LIMIT: usize = 4096;
 
@@ -692,7 +697,7 @@ impl Placement {
                     &meeting,
                     Slot::Live {
                         room,
-                        no_move_before: None,
+                        no_move_before: Some(Instant::now() + ADOPTED_STAYS),
                     },
                 );
                 HandoffOutcome::Adopted
@@ -1026,6 +1031,7 @@ mod tests {
             RingView {
                 source: "b1".into(),
                 epoch: 1,
+                config_ms: 0,
                 vnodes: 64,
                 members,
                 healthy: healthy.iter().map(|s| s.to_string()).collect(),

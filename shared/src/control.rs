@@ -101,6 +101,13 @@ pub struct RingView {
     pub source: String,
     /// Bumped by any change of members, weights or health.
     pub epoch: u64,
+    /// When the balancer's config file was written (Unix ms; 0: unknown).
+    /// Two balancers whose configured members differ are mid-rollout of an
+    /// edit: nodes take the view whose file was written later as the one
+    /// the other will follow, and move rooms by it without waiting
+    /// (node/src/ownership.rs, `Views::move_target`).
+    #[serde(default)]
+    pub config_ms: u64,
     pub vnodes: u32,
     /// Every configured member, healthy or not.
     pub members: Vec<Member>,
