@@ -70,7 +70,9 @@ pub fn decide_round(
     let mut incoming = false;
     for (peer, answer) in answers {
         match answer {
-            Answer::Holding(Holding::Absent) | Answer::Refused => {}
+            Answer::Holding(Holding::Absent | Holding::Fenced)
+            | Answer::Refused
+            | Answer::Forgot => {}
             Answer::Holding(Holding::Live) => {}
             Answer::Holding(Holding::Moving { to }) if to.id == me => incoming = true,
             Answer::Holding(Holding::Moving { .. }) => {
@@ -79,14 +81,14 @@ pub fn decide_round(
             Answer::Holding(Holding::Moved { to, .. }) if to.id == me => {}
             Answer::Holding(Holding::Moved { to, age_ms }) => match said.get(to.id.as_str()) {
                 Some(Answer::Refused) => {}
-                Some(Answer::Holding(Holding::Absent))
+                Some(Answer::Holding(Holding::Absent | Holding::Fenced) | Answer::Forgot)
                     if Duration::from_millis(*age_ms) >= SETTLED => {}
                 _ => return RoundOutcome::Retry("a handoff just landed on another node"),
             },
-            Answer::Holding(Holding::Acquiring) if wins_tie(&peer.id, me) => {
+            Answer::Holding(Holding::Acquiring { .. }) if wins_tie(&peer.id, me) => {
                 return RoundOutcome::Retry("a peer that wins ties is opening it")
             }
-            Answer::Holding(Holding::Acquiring) => {}
+            Answer::Holding(Holding::Acquiring { .. }) => {}
             Answer::Unknown if fenced(&peer.id) => {}
             Answer::Unknown => return RoundOutcome::Retry("a peer did not answer"),
         }
@@ -98,14 +100,39 @@ pub fn decide_round(
     }
 }
 
+/// Whether a round that creates the room may reopen the one this node's
+/// fence closed: only if every peer answered, has no room (it may be
+/// opening one: this round won the tie, and it will find this room), was
+/// not fenced with one itself, and remembers back to the fence. A
+/// peer that did not answer, is not running, or restarted since may have
+/// held the meeting after this node was written off, and members who
+/// resumed the old room would then be told `recovered: true` over events
+/// they never saw. (A room a peer opened and dropped for idleness since
+/// cannot hide here: a frozen room lasts no longer than rooms stay empty,
+/// `placement::FROZEN_TTL`.)
+pub fn reopens(answers: &[(NodeRef, Answer)]) -> bool {
+    answers.iter().all(|(_, a)| {
+        matches!(
+            a,
+            Answer::Holding(Holding::Absent | Holding::Acquiring { fenced: false })
+        )
+    })
+}
+
 /// Runs claim round `round` for `meeting` until it is decided, overtaken,
 /// or out of time.
 pub async fn run(node: Arc<Node>, meeting: MeetingId, round: u64) {
     let started = Instant::now();
     let deadline = started + CLAIM_DEADLINE;
     loop {
-        let peers = node.peers_to_ask(Instant::now());
-        let asks = peers.iter().map(|p| node.peers.where_is(p, &meeting));
+        let now = Instant::now();
+        let peers = node.peers_to_ask(now);
+        // A room this node's fence closed reopens only if every peer says
+        // "absent" and remembers back to the fence (`reopens`).
+        let vouch = node.placement.frozen_for(&meeting, now);
+        let asks = peers
+            .iter()
+            .map(|p| node.peers.where_is(p, &meeting, vouch));
         let answers: Vec<(NodeRef, Answer)> = tokio::select! {
             a = futures_util::future::join_all(asks) => peers.iter().cloned().zip(a).collect(),
             _ = node.shutdown.cancelled() => return,
@@ -130,6 +157,9 @@ pub async fn run(node: Arc<Node>, meeting: MeetingId, round: u64) {
             RoundOutcome::Retry(_) => "retry",
         };
         node.metrics.claim_rounds.with_label_values(&[label]).inc();
+        if outcome == RoundOutcome::Create && vouch.is_some() && !reopens(&answers) {
+            node.placement.forget_frozen(&meeting);
+        }
         if let RoundOutcome::Retry(why) = &outcome {
             tracing::debug!(meeting = %meeting, why, "claim round undecided");
         }
@@ -262,13 +292,19 @@ mod tests {
                 "it was handed here, and this process does not have it",
             ),
             (
-                vec![("a", h(Holding::Acquiring)), ("c", absent())],
+                vec![
+                    ("a", h(Holding::Acquiring { fenced: false })),
+                    ("c", absent()),
+                ],
                 false,
                 Retry("a peer that wins ties is opening it"),
                 "a wins ties",
             ),
             (
-                vec![("a", absent()), ("c", h(Holding::Acquiring))],
+                vec![
+                    ("a", absent()),
+                    ("c", h(Holding::Acquiring { fenced: false })),
+                ],
                 false,
                 Create,
                 "c yields to b",
@@ -291,6 +327,18 @@ mod tests {
                 Create,
                 "x has fenced itself",
             ),
+            (
+                vec![("a", Answer::Forgot), ("c", absent())],
+                false,
+                Create,
+                "a restarted since: it holds nothing",
+            ),
+            (
+                vec![("a", h(Holding::Fenced)), ("c", absent())],
+                false,
+                Create,
+                "a's fence closed its room: nothing is live",
+            ),
         ];
         for (answers, yielded, want, why) in cases {
             let answers: Vec<(NodeRef, Answer)> =
@@ -300,6 +348,30 @@ mod tests {
                 want,
                 "{why}"
             );
+        }
+    }
+
+    /// A frozen room reopens only on answers that rule out every peer.
+    #[test]
+    fn a_frozen_room_reopens_only_if_every_peer_remembers_and_has_nothing() {
+        let absent = || Answer::Holding(Holding::Absent);
+        #[rustfmt::skip]
+        let cases: Vec<(Vec<Answer>, bool, &str)> = vec![
+            (vec![], true, "no peers"),
+            (vec![absent(), absent()], true, "everyone remembers, nobody has it"),
+            (vec![absent(), Answer::Forgot], false, "a peer restarted since the fence"),
+            (vec![absent(), Answer::Refused], false, "a peer is down: it may have held it"),
+            (vec![absent(), Answer::Unknown], false, "a peer did not answer"),
+            (vec![Answer::Holding(Holding::Acquiring { fenced: false })], true,
+                "a peer is opening it, and had none: it yields to this node or finds it"),
+            (vec![Answer::Holding(Holding::Acquiring { fenced: true })], false,
+                "a peer is opening it, and its fence closed one"),
+            (vec![Answer::Holding(Holding::Fenced)], false, "a peer's fence closed one too"),
+        ];
+        for (answers, want, why) in cases {
+            let answers: Vec<(NodeRef, Answer)> =
+                answers.into_iter().map(|a| (n("p"), a)).collect();
+            assert_eq!(reopens(&answers), want, "{why}");
         }
     }
 }

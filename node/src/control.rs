@@ -150,6 +150,7 @@ pub async fn where_is(State(node): State<Arc<Node>>, headers: HeaderMap, body: B
     node.send_moves(orders);
     Json(WhereReply {
         node: node.id.to_string(),
+        memory_ms: Some(node.placement.memory(now).as_millis() as u64),
         answers,
     })
     .into_response()

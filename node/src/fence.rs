@@ -1,7 +1,9 @@
 //! Closes every room when the node's lease ends (see `lease.rs`): a node
 //! that has heard from no balancer for a while may have been written off by
 //! the rest of the cluster, whose members are then free to open its
-//! meetings afresh, so it must not go on serving them.
+//! meetings afresh, so it must not go on serving them. Their history is
+//! kept a while (`Placement::freeze_all`): once a balancer is heard again,
+//! a meeting that no peer opened meanwhile reopens with it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +24,9 @@ pub async fn watch(node: Arc<Node>) {
         }
         let now = Instant::now();
         let lapsed = !node.alone() && !node.ownership.lease.holds(now);
+        let ended = || node.ownership.lease.end().unwrap_or(now).min(now);
         if lapsed && !fenced {
-            let closed = node.placement.close_all(close::GOING_AWAY);
+            let closed = node.placement.freeze_all(close::GOING_AWAY, ended());
             tracing::warn!(node = %node.id, rooms = closed, "no fresh view of any balancer: fenced; rooms closed, none opened until a balancer is heard again");
         } else if !lapsed && fenced {
             tracing::info!(node = %node.id, "a balancer's view arrived: serving again");
@@ -33,7 +36,7 @@ pub async fn watch(node: Arc<Node>) {
             fenced = lapsed;
         }
         if lapsed && node.placement.holds_rooms() {
-            node.placement.close_all(close::GOING_AWAY);
+            node.placement.freeze_all(close::GOING_AWAY, ended());
         }
     }
 }

@@ -55,6 +55,12 @@ impl Lease {
         self.until_ms.store(ms, Ordering::Release);
     }
 
+    /// When it ended or ends, if it is bounded.
+    pub fn end(&self) -> Option<Instant> {
+        let until = self.until_ms.load(Ordering::Acquire);
+        (until != FOREVER).then(|| self.base + Duration::from_millis(until))
+    }
+
     /// How long it still holds, if it is bounded.
     pub fn remaining(&self, now: Instant) -> Option<Duration> {
         let until = self.until_ms.load(Ordering::Acquire);

@@ -202,7 +202,9 @@ async fn settle(node: &Arc<Node>, order: MoveOrder) {
         };
         if gone {
             let peers = node.peers_to_ask(now);
-            let asks = peers.iter().map(|p| node.peers.where_is(p, &order.meeting));
+            let asks = peers
+                .iter()
+                .map(|p| node.peers.where_is(p, &order.meeting, None));
             let answers: Vec<_> = peers
                 .iter()
                 .cloned()

@@ -39,6 +39,9 @@ pub enum Answer {
     Refused,
     /// No usable answer in time: the peer may hold the room.
     Unknown,
+    /// It has no room, but it started within the time the asker asked it
+    /// to vouch for: what it held before, it cannot say.
+    Forgot,
 }
 
 /// Why a call to a peer failed.
@@ -72,6 +75,8 @@ pub const HANDOFF_BATCH_BYTES: usize = 4 << 20;
 
 struct Question {
     meeting: String,
+    /// Whether the peer must remember this far back for "absent" to count.
+    vouch: Option<Duration>,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -134,10 +139,18 @@ impl Peers {
 
     /// Asks `peer` what it has of `meeting`. Questions to the same peer that
     /// arrive while one request is out travel together in the next one.
-    pub async fn where_is(self: &Arc<Self>, peer: &NodeRef, meeting: &MeetingId) -> Answer {
+    /// With `vouch`, an "absent" from a peer whose memory is shorter than
+    /// that comes back as [`Answer::Forgot`].
+    pub async fn where_is(
+        self: &Arc<Self>,
+        peer: &NodeRef,
+        meeting: &MeetingId,
+        vouch: Option<Duration>,
+    ) -> Answer {
         let (reply, answer) = oneshot::channel();
         let question = Question {
             meeting: meeting.to_string(),
+            vouch,
             reply,
         };
         if self.queue(peer).send(question).is_err() {
@@ -191,8 +204,15 @@ impl Peers {
                     .await;
                 match result {
                     Ok(reply) if reply.answers.len() == batch.len() => {
+                        let memory = reply.memory_ms.map(Duration::from_millis);
                         for (q, a) in batch.into_iter().zip(reply.answers) {
-                            let _ = q.reply.send(Answer::Holding(a));
+                            let forgot = a == Holding::Absent
+                                && q.vouch.is_some_and(|v| memory.is_none_or(|m| m < v));
+                            let _ = q.reply.send(if forgot {
+                                Answer::Forgot
+                            } else {
+                                Answer::Holding(a)
+                            });
                         }
                     }
                     other => {

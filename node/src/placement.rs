@@ -13,6 +13,12 @@
 //! - `Elsewhere`: a claim round found the room on a peer; members are
 //!   forwarded there for a short while before the next round.
 //!
+//! Beside the slots, the history of rooms closed by a fence is kept for a
+//! while ([`Frozen`]): a node that was paused or cut off past its lease
+//! closes its rooms, but if no peer opened the meeting meanwhile, the
+//! claim round that opens it again reopens it with its history, so its
+//! members resume with `recovered: true`.
+//!
 //! The table decides and changes slots under one lock, never across an
 //! await; the network work is done by `claim`, `mover` and `relay`, which
 //! report back here.
@@ -47,6 +53,12 @@ pub const MOVE_RETRY: Duration = Duration::from_secs(1);
 /// one after another); without the pause, this node could judge by the
 /// older view and send the room straight back.
 pub const ADOPTED_STAYS: Duration = Duration::from_millis(500);
+/// How long the history of a room closed by a fence is kept for reopening,
+/// at most: well inside `TOMBSTONE_TTL` (a peer that took the meeting over
+/// and handed it on still says so), and never longer than rooms stay open
+/// empty (`room_idle_ms`), so a room a peer opened meanwhile cannot have
+/// come and gone unseen (see [`Placement::reap`]).
+pub const FROZEN_TTL: Duration = Duration::from_secs(30);
 /// Publishes queued for a room in transit, at most.
 pub const QUEUE_LIMIT: usize = 4096;
 
@@ -97,6 +109,14 @@ pub enum Slot {
         holder: NodeRef,
         until: Instant,
     },
+}
+
+/// The history of a room closed by a fence, kept in case nobody opened the
+/// meeting meanwhile.
+struct Frozen {
+    handoff: Handoff,
+    /// When the lease ended: peers may have written this node off since.
+    lapsed: Instant,
 }
 
 struct Entry {
@@ -301,6 +321,11 @@ pub struct Placement {
     /// Nodes that talked to this one lately: asked too, though no view
     /// names them.
     contacts: Mutex<HashMap<String, (NodeRef, Instant)>>,
+    /// Rooms closed by a fence, by meeting.
+    frozen: Mutex<HashMap<MeetingId, Frozen>>,
+    /// When this table began: it knows nothing of what came before
+    /// (`WhereReply::memory_ms`).
+    started: Instant,
     rounds: AtomicU64,
 }
 
@@ -312,12 +337,35 @@ impl Placement {
             map: Mutex::new(HashMap::new()),
             aborted: Mutex::new(HashMap::new()),
             contacts: Mutex::new(HashMap::new()),
+            frozen: Mutex::new(HashMap::new()),
+            started: Instant::now(),
             rounds: AtomicU64::new(1),
         }
     }
 
     pub fn me(&self) -> &NodeRef {
         &self.me
+    }
+
+    /// How far back this table's answers reach.
+    pub fn memory(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// How long ago the lease ended under the meeting's frozen room, if a
+    /// fence closed one: a claim round then asks peers to vouch for that
+    /// long (`peers::Answer::Forgot`).
+    pub fn frozen_for(&self, meeting: &MeetingId, now: Instant) -> Option<Duration> {
+        self.frozen
+            .lock()
+            .get(meeting)
+            .map(|f| now.saturating_duration_since(f.lapsed))
+    }
+
+    /// Drops a frozen room: a claim round's answers do not show that no
+    /// peer opened the meeting since the fence.
+    pub fn forget_frozen(&self, meeting: &MeetingId) {
+        self.frozen.lock().remove(meeting);
     }
 
     /// What a member request (join or publish) for `meeting` should do.
@@ -412,7 +460,15 @@ impl Placement {
         self.note_contact(asker, now);
         let mut map = self.map.lock();
         let Some(entry) = map.get_mut(meeting) else {
-            return (Holding::Absent, None);
+            let frozen = self.frozen.lock().contains_key(meeting);
+            return (
+                if frozen {
+                    Holding::Fenced
+                } else {
+                    Holding::Absent
+                },
+                None,
+            );
         };
         match &mut entry.slot {
             Slot::Live { no_move_before, .. } => {
@@ -436,7 +492,8 @@ impl Placement {
                 if wins_tie(&asker.id, &self.me.id) {
                     *yielded = true;
                 }
-                (Holding::Acquiring, None)
+                let fenced = self.frozen.lock().contains_key(meeting);
+                (Holding::Acquiring { fenced }, None)
             }
             Slot::Moving { to, .. } => (Holding::Moving { to: to.clone() }, None),
             Slot::Moved { to, at, .. } if now.saturating_duration_since(*at) < TOMBSTONE_TTL => (
@@ -623,6 +680,8 @@ impl Placement {
         if roompin_shared::protocol::check_room(&handoff.room).is_err() {
             return refused(Refusal::Invalid);
         }
+        // A peer held the meeting after this node: a frozen room is stale.
+        self.forget_frozen(&meeting);
         if self
             .aborted
             .lock()
@@ -758,7 +817,14 @@ impl Placement {
                 false
             }
             RoundOutcome::Create => {
-                let room = Arc::new(Room::new(meeting.clone(), self.env.clone()));
+                let room = match self.frozen.lock().remove(meeting) {
+                    Some(f) => {
+                        tracing::info!(meeting = %meeting, room = %f.handoff.room, seq = f.handoff.seq, "reopened the room a fence closed: no peer opened the meeting meanwhile");
+                        Room::from_handoff(meeting.clone(), self.env.clone(), &f.handoff)
+                    }
+                    None => Room::new(meeting.clone(), self.env.clone()),
+                };
+                let room = Arc::new(room);
                 self.set(
                     &mut map,
                     meeting,
@@ -791,6 +857,27 @@ impl Placement {
         {
             self.remove(&mut map, meeting);
         }
+    }
+
+    /// Closes every room for a fence whose lease ended at `lapsed` (as
+    /// `close_all` does), keeping each live room's history for a claim
+    /// round that may reopen it (`finish_round`).
+    pub fn freeze_all(&self, code: u16, lapsed: Instant) -> usize {
+        let live: Vec<(MeetingId, Handoff)> = self
+            .map
+            .lock()
+            .iter()
+            .filter_map(|(m, e)| match &e.slot {
+                Slot::Live { room, .. } => room.close_for_move().map(|h| (m.clone(), h)),
+                _ => None,
+            })
+            .collect();
+        let mut frozen = self.frozen.lock();
+        for (m, handoff) in live {
+            frozen.insert(m, Frozen { handoff, lapsed });
+        }
+        drop(frozen);
+        self.close_all(code)
     }
 
     /// Closes every room and forgets what is in flux: for a fence (1001),
@@ -852,9 +939,17 @@ impl Placement {
             .any(|e| matches!(e.slot, Slot::Live { .. } | Slot::Moving { .. }))
     }
 
-    /// Drops rooms empty for `idle`, and expired tombstones, hints and
-    /// promises.
+    /// Drops rooms empty for `idle`, and expired tombstones, hints,
+    /// promises and frozen rooms. A frozen room lasts no longer than `idle`
+    /// either: a room a peer opened for the meeting after this node's lease
+    /// ended lives at least that long, so while the frozen room lasts, a
+    /// claim round still finds that one (or its tombstone, or its holder's
+    /// restart).
     pub fn reap(&self, idle: Duration, now: Instant) {
+        let keep = FROZEN_TTL.min(idle);
+        self.frozen
+            .lock()
+            .retain(|_, f| now.saturating_duration_since(f.lapsed) < keep);
         let mut map = self.map.lock();
         let expired: Vec<MeetingId> = map
             .iter()
@@ -1308,7 +1403,7 @@ mod tests {
         let round = acquire(&p, &m, now);
         assert_eq!(
             p.answer_where(&m, &node("c"), &all, now).0,
-            Holding::Acquiring
+            Holding::Acquiring { fenced: false }
         );
         assert_eq!(
             p.take_yielded(&m, round),
@@ -1317,7 +1412,7 @@ mod tests {
         );
         assert_eq!(
             p.answer_where(&m, &node("a"), &all, now).0,
-            Holding::Acquiring
+            Holding::Acquiring { fenced: false }
         );
         assert_eq!(p.take_yielded(&m, round), Some(true), "a wins");
         assert_eq!(p.take_yielded(&m, round), Some(false), "taken once");
@@ -1348,5 +1443,70 @@ mod tests {
                 Holding::Moved { .. }
             ));
         }
+    }
+
+    /// A fence keeps its rooms' history: the claim round that opens the
+    /// meeting again reopens the same incarnation, with what was published
+    /// (whether it may is `claim::reopens`'s call); a handoff arriving, or
+    /// the frozen time running out, forgets it, and the meeting then starts
+    /// afresh. Asked meanwhile, the node says it was fenced with the room.
+    #[test]
+    fn a_fenced_room_reopens_with_its_history_until_a_peer_may_have_held_the_meeting() {
+        let now = Instant::now();
+        let all = views("a", &["a", "b", "c"], now);
+        let fence = |p: &Placement, m: &MeetingId| {
+            let room = live_room(p, m, now);
+            let (seq, _) = room.publish("u", "hello").expect("published");
+            assert_eq!(p.freeze_all(close::GOING_AWAY, now), 1);
+            assert!(p.live(m).is_none(), "a fence closes the room");
+            assert_eq!(p.frozen_for(m, now), Some(Duration::ZERO));
+            (room.incarnation(), seq)
+        };
+        let reopened = |p: &Placement, m: &MeetingId| {
+            let room = live_room(p, m, now);
+            let h = room.close_for_move().expect("open");
+            (Arc::<str>::from(h.room.as_str()), h.seq)
+        };
+        let m = mid("standup");
+
+        let p = placement("a");
+        let before = fence(&p, &m);
+        assert_eq!(reopened(&p, &m), before, "nobody opened it meanwhile");
+        assert_eq!(p.frozen_for(&m, now), None, "reopened once");
+
+        let p = placement("a");
+        let before = fence(&p, &m);
+        assert_eq!(p.answer_where(&m, &node("b"), &all, now).0, Holding::Fenced);
+        assert_eq!(reopened(&p, &m), before, "a question alone changes nothing");
+
+        let p = placement("a");
+        let before = fence(&p, &m);
+        let other = placement("b");
+        let h = live_room(&other, &m, now).close_for_move().expect("open");
+        assert_eq!(p.adopt(&h, ask()), HandoffOutcome::Adopted);
+        assert_eq!(
+            p.live(&m).map(|r| r.incarnation()),
+            Some(Arc::from(h.room.as_str()))
+        );
+        assert_ne!(Arc::<str>::from(h.room.as_str()), before.0);
+        assert_eq!(p.frozen_for(&m, now), None, "b's room replaced it");
+
+        let p = placement("a");
+        fence(&p, &m);
+        p.reap(
+            Duration::from_secs(3600),
+            now + FROZEN_TTL - Duration::from_millis(1),
+        );
+        assert!(p.frozen_for(&m, now).is_some());
+        p.reap(Duration::from_secs(3600), now + FROZEN_TTL);
+        assert_eq!(p.frozen_for(&m, now), None, "kept FROZEN_TTL at most");
+        let p = placement("a");
+        fence(&p, &m);
+        p.reap(Duration::from_secs(5), now + Duration::from_secs(5));
+        assert_eq!(
+            p.frozen_for(&m, now),
+            None,
+            "and no longer than rooms stay empty"
+        );
     }
 }

@@ -192,6 +192,12 @@ pub struct WhereRequest {
 pub struct WhereReply {
     pub node: String,
     pub answers: Vec<Holding>,
+    /// How long the answering node's placement table has existed: an
+    /// `absent` says nothing of what it held before (it restarted since).
+    /// A node reopening a room its fence closed needs peers that remember
+    /// back to the fence. `None` from nodes that do not say.
+    #[serde(default)]
+    pub memory_ms: Option<u64>,
 }
 
 /// What a node has of one meeting.
@@ -207,8 +213,18 @@ pub enum Holding {
     /// It handed the room to `to`, `age_ms` ago (the receiver's own answer
     /// is trusted once it surely postdates that).
     Moved { to: NodeRef, age_ms: u64 },
-    /// It is asking around itself, to open the room.
-    Acquiring,
+    /// It is asking around itself, to open the room. `fenced`: it also
+    /// keeps a room of the meeting that its fence closed (see `Fenced`).
+    Acquiring {
+        #[serde(default)]
+        fenced: bool,
+    },
+    /// Nothing is live there, but it held a room of the meeting until its
+    /// lease ended lately (a fence closed it, keeping its history). As good
+    /// as `absent` for opening the room elsewhere; it only tells a node
+    /// whose own fence closed the meeting's room that it cannot reopen it
+    /// as if nothing had happened since.
+    Fenced,
 }
 
 /// A room's history, sent by its old holder to its new one.
