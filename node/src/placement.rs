@@ -216,7 +216,9 @@ pub const MOVING: &str = "the meeting is moving between nodes; retry shortly\n";
 ///    a node never opens a room for it.
 /// 4. A node serving alone opens rooms on demand.
 /// 5. A fenced node opens nothing; neither does a draining one.
-/// 6. A request the views say belongs to another node gets 421.
+/// 6. A request the views say belongs to another node gets 421, unless
+///    this node knows where the room is (it handed it on a moment ago, or
+///    a round found it): it follows the room.
 /// 7. A peer a recent round found holding the room gets the request.
 /// 8. Otherwise a claim round asks every peer before any room opens.
 pub fn admission_rule(has: Has, ask: Ask, misrouted: impl FnOnce() -> bool) -> Rule {
@@ -246,7 +248,15 @@ pub fn admission_rule(has: Has, ask: Ask, misrouted: impl FnOnce() -> bool) -> R
         };
     }
     if misrouted() {
-        return Rule::Misrouted;
+        // This node handed the room on a moment ago, or a claim round just
+        // found its holder: follow it (one hop) rather than send a client
+        // that already waited out the move back to a balancer that routed
+        // it here by an older view, to reconnect after a backoff.
+        return if matches!(has, Has::Moved | Has::Elsewhere) {
+            Rule::Relay
+        } else {
+            Rule::Misrouted
+        };
     }
     if has == Has::Elsewhere {
         return Rule::Relay;
@@ -1099,7 +1109,8 @@ mod tests {
             (Has::Nothing,   draining, false, Rule::Refuse(DRAINING), "draining: open nothing"),
             (Has::Elsewhere, draining, false, Rule::Relay,  "draining, but the holder is known"),
             (Has::Nothing,   cluster,  true,  Rule::Misrouted, "the views name another owner"),
-            (Has::Elsewhere, cluster,  true,  Rule::Misrouted, "421 before relaying"),
+            (Has::Elsewhere, cluster,  true,  Rule::Relay,  "the holder is known: follow it, no 421"),
+            (Has::Moved,     cluster,  true,  Rule::Relay,  "handed on a moment ago: follow the room, no 421"),
             (Has::Elsewhere, cluster,  false, Rule::Relay,  "a round found the holder"),
             (Has::Nothing,   cluster,  false, Rule::Acquire, "ask every peer before opening"),
         ];

@@ -75,7 +75,10 @@ pub async fn websocket(node: &Arc<Node>, holder: &NodeRef, mut req: Request) -> 
     );
     let stream = match connect.await {
         Ok(Ok(s)) => s,
-        _ => return unavailable("the node holding this meeting cannot be reached; retry\n"),
+        _ => {
+            tracing::info!(holder = %holder.id, "cannot reach the room's holder to forward a websocket");
+            return unavailable("the node holding this meeting cannot be reached; retry\n");
+        }
     };
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
@@ -100,9 +103,13 @@ pub async fn websocket(node: &Arc<Node>, holder: &NodeRef, mut req: Request) -> 
     };
     let resp = match tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(forward)).await {
         Ok(Ok(r)) => r,
-        _ => return unavailable("the node holding this meeting did not answer; retry\n"),
+        _ => {
+            tracing::info!(holder = %holder.id, "the room's holder did not answer a forwarded websocket");
+            return unavailable("the node holding this meeting did not answer; retry\n");
+        }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        tracing::info!(holder = %holder.id, status = resp.status().as_u16(), "the room's holder refused a forwarded websocket");
         return buffered(resp).await;
     }
     let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);

@@ -460,7 +460,11 @@ fn a_node_paused_shorter_than_its_lease() {
         run.converged("node-b resumed").await;
         let after = run.rooms().await;
         for (m, (_, room)) in &before {
-            assert_eq!(after.get(m).map(|(_, r)| r), Some(room), "{m} changed rooms");
+            assert_eq!(
+                after.get(m).map(|(_, r)| r),
+                Some(room),
+                "{m} changed rooms"
+            );
         }
         let (verdict, _run) = run.verdict().await;
         lossless(

@@ -33,11 +33,15 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::env::{Env, Side};
 use crate::peers::roompin::{self, Balancer, Node};
+use crate::scenarios::room_sampler;
 
 const TOKEN: &str = "bench-control-token";
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const SAMPLE: Duration = Duration::from_millis(50);
+/// How often every node's live rooms are polled during a change, for splits
+/// as the nodes see them (`room_sampler`).
+const NODE_SAMPLE: Duration = Duration::from_millis(50);
 /// Each member publishes once per this. At one message a second per member
 /// (9,000 in and 27,000 frames out a second, each crossing a balancer) the
 /// one server core of the pinned bench saturates: connects and view pushes
@@ -355,19 +359,22 @@ fn ring_owners(nodes: &[&Node], meetings: &[String]) -> Vec<u8> {
 /// longer, for late splits), within `cap` of the second edit. Convergence
 /// counts from the second edit: the change reaching the last balancer.
 /// Splits count from the first.
+/// `nodes` is the new member set; `all_nodes` every node running, whose
+/// rooms are polled.
 async fn change(
     label: &str,
     balancers: [&Balancer; 2],
-    nodes: &[&Node],
+    (nodes, all_nodes): (&[&Node], &[&Node]),
     meetings: &[String],
     shared: &Shared,
-    cap: Duration,
-    linger: Duration,
+    (cap, linger): (Duration, Duration),
 ) -> anyhow::Result<(Value, Instant)> {
     let n = meetings.len();
     let (before, split0, away0) = snapshot(shared, n);
     let want = ring_owners(nodes, meetings);
     let ring_moves = before.iter().zip(&want).filter(|(a, b)| a != b).count();
+    let addrs: Vec<SocketAddr> = all_nodes.iter().map(|n| n.addr).collect();
+    let sampler = room_sampler::start(&addrs, TOKEN, NODE_SAMPLE);
     let first_edit = Instant::now();
     balancers[0].config.write(nodes)?;
     let mut watch = SplitWatch::new(n);
@@ -392,15 +399,18 @@ async fn change(
             break;
         }
     }
+    let on_nodes = sampler.finish().await;
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     // 1/N of the bigger ring: the new node's share, or the removed one's.
     let ideal = n as f64 / nodes.len().max(before_members(&before)) as f64;
     let longest = watch.longest();
     let mut split_ids: Vec<&String> = watch.split_meetings.iter().map(|&m| &meetings[m]).collect();
     split_ids.sort();
+    let mut node_split_ids: Vec<&String> = on_nodes.meetings.iter().collect();
+    node_split_ids.sort();
     eprintln!(
-        "  {label}: converged {:?} after the second edit, last split {:?} after the first, {} meetings split (longest {longest:?}), moved {moved} (ring {ring_moves}, ideal {ideal:.0})",
-        converged, watch.last_split, watch.split_meetings.len()
+        "  {label}: converged {:?} after the second edit; live on two nodes: {} meetings (longest {:?}, {} polls, {} failed); clients on two nodes: {} meetings (longest {longest:?}, last {:?} after the first edit); moved {moved} (ring {ring_moves}, ideal {ideal:.0})",
+        converged, on_nodes.meetings.len(), on_nodes.longest, on_nodes.polls, on_nodes.failed_polls, watch.split_meetings.len(), watch.last_split
     );
     Ok((
         json!({
@@ -408,6 +418,15 @@ async fn change(
             "nodes_after": nodes.len(),
             "skew_ms": SKEW.as_millis() as u64,
             "converged_ms": converged.map(|d| d.as_millis() as u64),
+            // Splits as the nodes saw them: a meeting live on two nodes at
+            // once, proven by polls of their rooms (room_sampler).
+            "node_split_meetings": on_nodes.meetings.len(),
+            "node_split_meeting_ids": node_split_ids,
+            "node_longest_split_ms": on_nodes.longest.as_millis() as u64,
+            "node_polls": on_nodes.polls,
+            "node_failed_polls": on_nodes.failed_polls,
+            // The rest: as the clients saw it (each member's node from its
+            // welcome, cleared when it reads its close frame).
             "last_split_ms_after_first_edit": watch.last_split.map(|d| d.as_millis() as u64),
             "max_split_meetings": watch.max_split,
             "meetings_ever_split": watch.split_meetings.len(),
@@ -577,22 +596,20 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         let (add, add_at) = change(
             "add a 4th node",
             balancers,
-            &four,
+            (&four, &four),
             &meetings,
             &shared,
-            cap,
-            linger,
+            (cap, linger),
         )
         .await?;
         tokio::time::sleep(steady).await;
         let (remove, remove_at) = change(
             "remove it again",
             balancers,
-            &three,
+            (&three, &four),
             &meetings,
             &shared,
-            cap,
-            linger,
+            (cap, linger),
         )
         .await?;
         tokio::time::sleep(steady).await;

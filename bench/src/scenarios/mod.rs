@@ -8,6 +8,7 @@ pub mod membership;
 pub mod proxy_overhead;
 pub mod reconnect_storm;
 pub mod ring;
+pub mod room_sampler;
 
 use serde_json::{json, Value};
 
