@@ -13,7 +13,8 @@
 //! meeting:
 //! - a room moves only by a handoff ([`HandoffBatch`], answered per room
 //!   with a [`HandoffOutcome`]) from the node that holds it, and the holder
-//!   gives it away only once no fresh view of any balancer names it;
+//!   gives it away only once no current view names it (fresh, and not
+//!   behind another balancer's later config edit: [`RingView::config_ms`]);
 //! - a node that has no room for a meeting asks every peer it knows where
 //!   the room is ([`WhereRequest`] / [`WhereReply`]) before it opens one,
 //!   and joins or forwards to the holder instead if there is one;
