@@ -13,25 +13,6 @@ use std::path::PathBuf;
 
 use roompin_shared::logging::{self, LogFormat};
 
-/// jemalloc, set to give freed memory back to the system: its background
-/// thread (the `background_threads` feature) purges dirty pages after
-/// `dirty_decay_ms`, so the memory an attack took comes back within
-/// seconds once it ends (docs/SECURITY.md). `_RJEM_MALLOC_CONF` in the
-/// environment overrides these settings.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[repr(transparent)]
-pub struct MallocConf(*const std::ffi::c_char);
-// SAFETY: a pointer to a constant string, never written.
-unsafe impl Sync for MallocConf {}
-
-/// Read by jemalloc at start (the symbol's name carries the crate's
-/// `_rjem_` prefix).
-#[used]
-#[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
-
 #[derive(Parser, Debug)]
 #[command(
     name = "roompin-balancer",
@@ -107,6 +88,12 @@ fn main() {
 fn run(args: RunArgs) {
     if let Err(e) = logging::init(args.log_format) {
         eprintln!("roompin-balancer: {e}");
+        std::process::exit(2);
+    }
+    // glibc's malloc, trimmed when freed memory stays resident: what an
+    // attack took comes back within seconds (docs/SECURITY.md).
+    if let Err(e) = roompin_shared::heap::spawn_trimmer() {
+        eprintln!("roompin-balancer: cannot start the heap trimmer: {e}");
         std::process::exit(2);
     }
     let Some(config) = args.config else {

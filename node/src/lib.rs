@@ -61,14 +61,6 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(node = %node.id, %listen, control = node.settings.control_token.is_some(), "roompin-node started");
-    if let Some((background_thread, dirty_decay_ms, muzzy_decay_ms)) = heap::purging() {
-        tracing::info!(
-            background_thread,
-            dirty_decay_ms,
-            muzzy_decay_ms,
-            "jemalloc gives freed memory back"
-        );
-    }
 
     let none = tracing::Span::none;
     tasks::spawn(&node, tasks::REAPER, none(), reap(node.clone(), room_idle));

@@ -8,25 +8,6 @@ use std::path::PathBuf;
 use roompin_shared::config::{validate_node_id, NodeConfig};
 use roompin_shared::logging::{self, LogFormat};
 
-/// jemalloc, set to give freed memory back to the system: its background
-/// thread (the `background_threads` feature) purges dirty pages after
-/// `dirty_decay_ms`, so the memory a flood of connections took comes back
-/// within seconds once it ends (docs/SECURITY.md). `_RJEM_MALLOC_CONF` in
-/// the environment overrides these settings.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[repr(transparent)]
-pub struct MallocConf(*const std::ffi::c_char);
-// SAFETY: a pointer to a constant string, never written.
-unsafe impl Sync for MallocConf {}
-
-/// Read by jemalloc at start (the symbol's name carries the crate's
-/// `_rjem_` prefix).
-#[used]
-#[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
-
 #[derive(Parser, Debug)]
 #[command(name = "roompin-node", version, about = "A roompin chat node")]
 struct Cli {
@@ -89,6 +70,9 @@ fn main() -> anyhow::Result<()> {
         .context("no address: pass --listen or set `listen` in the config file")?;
     settings.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    // glibc's malloc, trimmed when freed memory stays resident: what a
+    // flood took comes back within seconds (docs/SECURITY.md).
+    roompin_shared::heap::spawn_trimmer().context("cannot start the heap trimmer")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -175,7 +175,7 @@ impl Metrics {
             )?,
             heap_bytes: register_int_gauge_vec!(
                 "roompin_node_heap_bytes",
-                "The allocator's (jemalloc's) own counts, read at each scrape, by kind (allocated, active, resident, metadata, retained)",
+                "The heap, read at each scrape, by kind (allocated: what malloc handed out; free: free bytes in malloc's arenas; resident: anonymous resident memory)",
                 &["kind"]
             )?,
         }
