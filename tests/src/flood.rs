@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 
 /// Opens `HOLDER_COUNT` connections from `HOLDER_SOURCE` to `HOLDER_TARGET`,
@@ -92,4 +92,77 @@ pub fn spawn_holder(
         .kill_on_drop(true)
         .spawn()
         .expect("spawn a holder")
+}
+
+/// Half-open heads held against one server from several holder processes
+/// (one per source address, 127.0.0.2 upwards).
+pub struct Flood {
+    holders: Vec<(
+        tokio::process::Child,
+        BufReader<tokio::process::ChildStdout>,
+    )>,
+    /// Connections the holders opened.
+    pub opened: usize,
+    hold_ms: u64,
+}
+
+impl Flood {
+    /// Starts `holders` processes running the ignored test `name`, each
+    /// opening `per_holder` heads held `hold_ms`, and returns once every one
+    /// has reported what it opened.
+    pub async fn start(
+        name: &str,
+        target: SocketAddr,
+        holders: u8,
+        per_holder: usize,
+        hold_ms: u64,
+    ) -> Flood {
+        let mut flood = Flood {
+            holders: Vec::new(),
+            opened: 0,
+            hold_ms,
+        };
+        for i in 0..holders {
+            let source = Ipv4Addr::new(127, 0, 0, 2 + i);
+            let mut child = spawn_holder(name, target, source, per_holder, hold_ms);
+            let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = tokio::time::timeout(Duration::from_secs(60), out.read_line(&mut line))
+                    .await
+                    .expect("a holder reports in time")
+                    .expect("read");
+                assert!(n > 0, "a holder ended before it opened its connections");
+                // libtest prints the test's name on the same line.
+                if let Some(n) = line.split("holder: opened ").nth(1) {
+                    flood.opened += n.trim().parse::<usize>().expect("count");
+                    break;
+                }
+            }
+            flood.holders.push((child, out));
+        }
+        flood
+    }
+
+    /// Waits for the holders to end; how many of their connections the
+    /// server closed (evicted, or timed out) while they were held.
+    pub async fn closed(self) -> usize {
+        let mut closed = 0;
+        for (mut child, mut out) in self.holders {
+            let mut rest = String::new();
+            let _ = tokio::time::timeout(
+                Duration::from_millis(self.hold_ms + 30_000),
+                out.read_to_string(&mut rest),
+            )
+            .await;
+            let _ = child.wait().await;
+            closed += rest
+                .lines()
+                .find_map(|l| l.split("holder: closed ").nth(1))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+        }
+        closed
+    }
 }

@@ -20,6 +20,7 @@ pub mod reconnect;
 pub mod recorder;
 pub mod scrape;
 pub mod sse;
+pub mod tokens;
 pub mod traffic;
 pub mod ws;
 

@@ -11,10 +11,9 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
 use roompin_shared::auth::{mint_with_pem, now_secs, Algorithm, Claims};
 use roompin_tests::edge::{balancer, nodes};
-use roompin_tests::process::bin;
+use roompin_tests::tokens::hs256_by_hand as by_hand;
 use roompin_tests::{metric, BalancerProc, SseClient, WsClient};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -38,33 +37,7 @@ fn auth_section() -> String {
 
 /// A token from `roompin-balancer token`, with the balancer's own TOML.
 fn cli_token(b: &BalancerProc, meeting: &str, user: &str, ttl: &str) -> String {
-    let out = std::process::Command::new(bin("roompin-balancer"))
-        .args(["token", "--config"])
-        .arg(&b.config)
-        .args(["--meeting", meeting, "--user", user, "--ttl", ttl])
-        .output()
-        .expect("run roompin-balancer token");
-    assert!(
-        out.status.success(),
-        "token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-/// HS256 by hand.
-fn by_hand(header: &Value, claims: &Value, secret: &str) -> String {
-    let input = format!(
-        "{}.{}",
-        B64.encode(header.to_string()),
-        B64.encode(claims.to_string())
-    );
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(input.as_bytes());
-    format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
+    roompin_tests::tokens::cli_token(&b.config, meeting, user, ttl)
 }
 
 /// HS256 by jwt-compact, `exp` (and `nbf`) this many seconds from now.

@@ -14,7 +14,7 @@
 use roompin_tests::edge::{balancer, nodes};
 use roompin_tests::raw::KEY;
 use roompin_tests::{eventually, get, metric, BalancerProc, WsClient, PATIENCE};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -397,39 +397,15 @@ async fn floods_never_empty_the_ring() {
     // 20,000 half-open heads from 4 processes, 127.0.0.2 to 127.0.0.5,
     // against a balancer that holds at most 8,000 connections.
     let hold_ms = 40_000;
-    let mut holders: Vec<_> = (0..HOLDERS)
-        .map(|i| {
-            roompin_tests::flood::spawn_holder(
-                "balancer_half_open_holder",
-                b.public,
-                Ipv4Addr::new(127, 0, 0, 2 + i),
-                PER_HOLDER,
-                hold_ms,
-            )
-        })
-        .collect();
-    let mut outputs = Vec::new();
-    let mut opened = 0;
-    for h in holders.iter_mut() {
-        let mut out = tokio::io::BufReader::new(h.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = tokio::time::timeout(
-                Duration::from_secs(60),
-                tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
-            )
-            .await
-            .expect("a holder reports in time")
-            .expect("read");
-            assert!(n > 0, "a holder ended before it opened its connections");
-            if let Some(n) = line.split("holder: opened ").nth(1) {
-                opened += n.trim().parse::<usize>().expect("count");
-                break;
-            }
-        }
-        outputs.push(out);
-    }
+    let flood = roompin_tests::flood::Flood::start(
+        "balancer_half_open_holder",
+        b.public,
+        HOLDERS,
+        PER_HOLDER,
+        hold_ms,
+    )
+    .await;
+    let opened = flood.opened;
     assert!(opened >= 19_000, "only {opened} half-open heads opened");
     // The kernel completes handshakes ahead of the balancer's accepts:
     // wait for it to have taken them all.
@@ -464,21 +440,7 @@ async fn floods_never_empty_the_ring() {
         );
     }
 
-    let mut closed = 0;
-    for (mut out, mut h) in outputs.into_iter().zip(holders) {
-        let mut rest = String::new();
-        let _ = tokio::time::timeout(
-            Duration::from_millis(hold_ms + 30_000),
-            out.read_to_string(&mut rest),
-        )
-        .await;
-        let _ = h.wait().await;
-        closed += rest
-            .lines()
-            .find_map(|l| l.split("holder: closed ").nth(1))
-            .and_then(|n| n.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-    }
+    let closed = flood.closed().await;
     assert!(
         closed >= opened - MAX,
         "the balancer closed {closed} of {opened}"

@@ -13,7 +13,7 @@
 use futures_util::{SinkExt, StreamExt};
 use roompin_shared::protocol::{close, error_code};
 use roompin_tests::{eventually, get, metric, NodeOptions, NodeProc, WsClient, PATIENCE};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -552,40 +552,15 @@ async fn floods_meet_the_cap_not_the_descriptor_limit() {
     // 20,000 half-open heads from 4 processes, 127.0.0.2 to 127.0.0.5,
     // against a node that holds at most 15,000 sockets.
     let hold_ms = 40_000;
-    let mut holders: Vec<_> = (0..HOLDERS)
-        .map(|i| {
-            roompin_tests::flood::spawn_holder(
-                "half_open_holder",
-                node.addr,
-                Ipv4Addr::new(127, 0, 0, 2 + i),
-                PER_HOLDER,
-                hold_ms,
-            )
-        })
-        .collect();
-    let mut outputs = Vec::new();
-    let mut opened = 0;
-    for h in holders.iter_mut() {
-        let mut out = tokio::io::BufReader::new(h.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = tokio::time::timeout(
-                Duration::from_secs(60),
-                tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
-            )
-            .await
-            .expect("a holder reports in time")
-            .expect("read");
-            assert!(n > 0, "a holder ended before it opened its connections");
-            // libtest prints the test's name on the same line.
-            if let Some(n) = line.split("holder: opened ").nth(1) {
-                opened += n.trim().parse::<usize>().expect("count");
-                break;
-            }
-        }
-        outputs.push(out);
-    }
+    let flood = roompin_tests::flood::Flood::start(
+        "half_open_holder",
+        node.addr,
+        HOLDERS,
+        PER_HOLDER,
+        hold_ms,
+    )
+    .await;
+    let opened = flood.opened;
     assert!(opened >= 19_000, "only {opened} half-open heads opened");
     let (_, m) = get(&node.url("/metrics")).await.expect("metrics");
     let held = metric(&m, "roompin_node_sockets").unwrap_or(0.0);
@@ -614,21 +589,7 @@ async fn floods_meet_the_cap_not_the_descriptor_limit() {
     }
 
     // The holders report how many the node closed: those it evicted.
-    let mut closed = 0;
-    for (mut out, mut h) in outputs.into_iter().zip(holders) {
-        let mut rest = String::new();
-        let _ = tokio::time::timeout(
-            Duration::from_millis(hold_ms + 30_000),
-            out.read_to_string(&mut rest),
-        )
-        .await;
-        let _ = h.wait().await;
-        closed += rest
-            .lines()
-            .find_map(|l| l.split("holder: closed ").nth(1))
-            .and_then(|n| n.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-    }
+    let closed = flood.closed().await;
     assert!(
         closed >= opened - CAP,
         "the node closed {closed} of {opened}"
