@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::lease::Lease;
 
 use roompin_shared::control::{NodeRef, RingView, RoutedBy};
-use roompin_shared::{MeetingId, Ring};
+use roompin_shared::{MeetingId, Member, Ring};
 
 /// Peers named by a view that stopped coming are still asked where rooms
 /// are for this long: they may hold rooms though their balancer is gone.
@@ -28,6 +28,10 @@ pub struct Held {
     pub view: RingView,
     pub ring: Ring,
     pub received: Instant,
+    /// The configured members, sorted, and the ring size: two views with
+    /// the same config have the same one, whatever order their files list
+    /// members in (`Views::current`).
+    config: (u32, Vec<Member>),
 }
 
 impl Held {
@@ -100,8 +104,12 @@ impl Views {
         }
         self.by_source
             .retain(|_, v| now.saturating_duration_since(v.received) < FORGET_AFTER);
+        let mut members = view.members.clone();
+        members
+            .sort_unstable_by(|a, b| (&a.id, &a.addr, a.weight).cmp(&(&b.id, &b.addr, b.weight)));
         let held = Arc::new(Held {
             ring: view.owner_ring(),
+            config: (view.vnodes, members),
             view,
             received: now,
         });
@@ -132,9 +140,7 @@ impl Views {
             (a.view.config_ms, &a.view.source).cmp(&(b.view.config_ms, &b.view.source))
         });
         self.fresh(now).filter(move |v| {
-            newest.is_some_and(|n| {
-                v.view.config_ms >= n.view.config_ms || same_members(&v.view, &n.view)
-            })
+            newest.is_some_and(|n| v.view.config_ms >= n.view.config_ms || v.config == n.config)
         })
     }
 
@@ -323,21 +329,6 @@ impl Views {
         let mut fresh = self.fresh(now).peekable();
         fresh.peek().is_some() && fresh.all(|v| !v.view.healthy.contains(&self.me))
     }
-}
-
-/// Whether two views configure the same members (ids, addresses, weights)
-/// and ring, whatever order their files list them in.
-fn same_members(a: &RingView, b: &RingView) -> bool {
-    fn sorted(v: &RingView) -> Vec<(&str, &str, u32)> {
-        let mut m: Vec<_> = v
-            .members
-            .iter()
-            .map(|m| (m.id.as_str(), m.addr.as_str(), m.weight))
-            .collect();
-        m.sort_unstable();
-        m
-    }
-    a.vnodes == b.vnodes && sorted(a) == sorted(b)
 }
 
 /// The node's views behind a lock, and the lease they grant.
