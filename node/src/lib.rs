@@ -47,6 +47,28 @@ use roompin_shared::config::NodeConfig;
 /// bounds its own closing handshake well below this (`ws.rs`).
 const STOP_CAP: Duration = Duration::from_secs(5);
 
+/// The listen queue: connections the kernel has accepted and the node not
+/// yet taken. A move sends hundreds of members to one node within a second
+/// (their reconnects, and forwards from peers); tokio's default of 1,024
+/// overflowed in the bench, and the kernel drops a SYN that finds the
+/// queue full, so that member's connect stalls for the 1 s SYN retry. The
+/// kernel caps this at `net.core.somaxconn` (4,096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the node's listener with [`LISTEN_BACKLOG`].
+fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted node rebinds while old
+    // connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs a node until it is stopped (SIGTERM drains, SIGINT stops at once).
 pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::register()?;
@@ -57,9 +79,7 @@ pub async fn serve(id: String, listen: SocketAddr, settings: NodeConfig) -> anyh
     let (node, move_orders) = node::Node::new(id, listen, settings, metrics);
     // Loads the [auth] keys: a bad key file stops the node here.
     let guard = guard::Guard::new(node.clone())?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(node = %node.id, %listen, control = node.settings.control_token.is_some(), "roompin-node started");
 
     let none = tracing::Span::none;
