@@ -15,8 +15,15 @@
 //! So a thread, [`spawn_trimmer`], wakes every second, compares what is
 //! resident with what is allocated, and trims when the difference (memory
 //! freed but still resident) grew by more than [`Trimmer`] allows since it
-//! last trimmed. A steady load, whose freed chunks are reused, never
-//! trims; the second after a flood ends, it does.
+//! last trimmed, and the heap has settled. A steady load, whose freed
+//! chunks are reused, never trims; the second after a flood ends, it does.
+//!
+//! Settled: what is allocated moved by less than that allowance since the
+//! last look. While a burst is still under way (a reconnect wave after a
+//! room move: thousands of connections closed and opened within a second)
+//! the chunks it frees are about to be reused, and a trim would only make
+//! the next allocations fault the pages in again, on the core that the
+//! wave is already waiting for.
 
 use std::time::Duration;
 
@@ -58,16 +65,24 @@ pub struct Trimmer {
     /// The lowest slack seen since the last trim; `None` before the first
     /// look.
     floor: Option<u64>,
+    /// What was allocated at the last look, to tell a settled heap.
+    allocated: Option<u64>,
 }
 
 impl Trimmer {
-    /// Whether `now` is worth a trim.
+    /// Whether `now` is worth a trim: the slack grew by more than the
+    /// allowance, and the heap has settled (see the module's doc).
     pub fn should_trim(&mut self, now: Usage) -> bool {
+        let allowance = MIN_GAIN.max(now.allocated / 32);
         let slack = now.slack();
         let floor = *self.floor.get_or_insert(slack);
         let floor = floor.min(slack);
         self.floor = Some(floor);
-        slack - floor > MIN_GAIN.max(now.allocated / 32)
+        let settled = self
+            .allocated
+            .replace(now.allocated)
+            .is_some_and(|before| before.abs_diff(now.allocated) <= allowance);
+        settled && slack - floor > allowance
     }
 
     /// Records what is left after a trim: the new floor.
@@ -166,7 +181,8 @@ mod tests {
         let cases: &[(u64, u64, bool)] = &[
             (20, 18, false),   // first look: the floor, slack 2
             (300, 298, false), // a flood: all of it allocated
-            (300, 250, true),  // half freed, 50 MiB slack over the floor
+            (300, 250, false), // half freed, still moving: it may be reused
+            (300, 250, true),  // settled, 50 MiB slack over the floor
         ];
         let mut t = Trimmer::default();
         for (i, &(r, a, want)) in cases.iter().enumerate() {
@@ -178,7 +194,7 @@ mod tests {
     fn after_a_trim_the_floor_is_what_is_left() {
         let mut t = Trimmer::default();
         assert!(!t.should_trim(at(20, 18)));
-        assert!(t.should_trim(at(300, 20)));
+        assert!(t.should_trim(at(300, 18)));
         t.trimmed(at(23, 20));
         // The flood's last frees: 1 MiB more slack is not worth a trim,
         // 2 MiB is.
@@ -193,7 +209,20 @@ mod tests {
         let mut t = Trimmer::default();
         assert!(!t.should_trim(at(100, 90))); // slack 10
         assert!(!t.should_trim(at(100, 99))); // reused: slack 1, the floor
-        assert!(t.should_trim(at(100, 90))); // freed again: 9 over it
+        assert!(!t.should_trim(at(100, 90))); // freed again, still moving
+        assert!(t.should_trim(at(100, 90))); // settled: 9 over the floor
+    }
+
+    #[test]
+    fn a_burst_under_way_is_not_trimmed() {
+        // A reconnect wave: allocations swing by several MiB a second, and
+        // the slack with them. No trim until it stops.
+        let mut t = Trimmer::default();
+        assert!(!t.should_trim(at(60, 50))); // the floor: slack 10
+        for (r, a) in [(80, 58), (90, 54), (95, 61), (95, 55)] {
+            assert!(!t.should_trim(at(r, a)), "{r}/{a} during the wave");
+        }
+        assert!(t.should_trim(at(95, 55)), "the wave is over");
     }
 
     #[test]
