@@ -368,8 +368,15 @@ async fn change(
     meetings: &[String],
     shared: &Shared,
     (cap, linger): (Duration, Duration),
+    server_pids: &[u32],
 ) -> anyhow::Result<(Value, Instant)> {
     let n = meetings.len();
+    // The servers' CPU rate before the change (the publishing alone), so
+    // that what the move cost can be told apart from it.
+    let (quiet_from, quiet_cpu) = (Instant::now(), cpu_of(server_pids));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_at_edit = cpu_of(server_pids);
+    let baseline = (cpu_at_edit - quiet_cpu) / quiet_from.elapsed().as_secs_f64();
     let (before, split0, away0) = snapshot(shared, n);
     let want = ring_owners(nodes, meetings);
     let ring_moves = before.iter().zip(&want).filter(|(a, b)| a != b).count();
@@ -378,21 +385,30 @@ async fn change(
     let first_edit = Instant::now();
     balancers[0].config.write(nodes)?;
     let mut watch = SplitWatch::new(n);
+    // Where the members are, every sample from the first edit on: the
+    // shape of the reconnect wave, to tell where convergence time goes.
+    let mut timeline: Vec<[u64; 3]> = Vec::new();
     // The skew: sample splits meanwhile (the views disagree now).
     while first_edit.elapsed() < SKEW {
         tokio::time::sleep(SAMPLE).await;
-        watch.sample(shared, first_edit);
+        let (now, _, away) = watch.sample(shared, first_edit);
+        timeline.push(wave_point(first_edit, &now, &want, away));
     }
     let t0 = Instant::now();
     balancers[1].config.write(nodes)?;
     let mut converged: Option<Duration> = None;
+    let mut move_cpu: Option<f64> = None;
     let mut after = before.clone();
     while t0.elapsed() < cap {
         tokio::time::sleep(SAMPLE).await;
         let (now, split, away) = watch.sample(shared, first_edit);
+        timeline.push(wave_point(first_edit, &now, &want, away));
         if converged.is_none() && away == 0 && split == 0 && now == want {
             converged = Some(t0.elapsed());
             after = now;
+            move_cpu = Some(
+                cpu_of(server_pids) - cpu_at_edit - baseline * first_edit.elapsed().as_secs_f64(),
+            );
         }
         // Keep watching a while past convergence for late splits.
         if converged.is_some_and(|c| t0.elapsed() > c + linger) {
@@ -411,6 +427,21 @@ async fn change(
     eprintln!(
         "  {label}: converged {:?} after the second edit; live on two nodes: {} meetings (longest {:?}, {} polls, {} failed); clients on two nodes: {} meetings (longest {longest:?}, last {:?} after the first edit); moved {moved} (ring {ring_moves}, ideal {ideal:.0})",
         converged, on_nodes.meetings.len(), on_nodes.longest, on_nodes.polls, on_nodes.failed_polls, watch.split_meetings.len(), watch.last_split
+    );
+    let reconnects = ring_moves * 3;
+    eprintln!(
+        "  {label}: servers' CPU for the move, over their rate before it: {:.2} s, {:.0} µs per moved member",
+        move_cpu.unwrap_or(f64::NAN),
+        move_cpu.unwrap_or(f64::NAN) * 1e6 / reconnects.max(1) as f64
+    );
+    let wave: Vec<String> = timeline
+        .iter()
+        .step_by(4)
+        .map(|[t, away, wrong]| format!("{t}:{away}/{wrong}"))
+        .collect();
+    eprintln!(
+        "  {label}: ms after first edit: away/not on owner: {}",
+        wave.join(" ")
     );
     Ok((
         json!({
@@ -442,9 +473,28 @@ async fn change(
             "rooms_moved_by_ring": ring_moves,
             "ideal_moved": ideal,
             "moved_over_ideal": moved as f64 / ideal.max(1.0),
+            // [ms after the first edit, members away, meetings not yet on
+            // their ring owner], one per sample.
+            "timeline": timeline,
+            // Server CPU from the first edit to convergence, over what the
+            // publishing alone took in the second before (all six server
+            // processes): what the move itself cost.
+            "move_server_cpu_s": move_cpu,
+            "move_server_cpu_us_per_member": move_cpu.map(|c| c * 1e6 / reconnects.max(1) as f64),
         }),
         first_edit,
     ))
+}
+
+/// One point of the wave: ms since the first edit, members away, meetings
+/// whose connected members are not (yet) on their ring owner.
+fn wave_point(first_edit: Instant, now: &[u8], want: &[u8], away: usize) -> [u64; 3] {
+    let wrong = now.iter().zip(want).filter(|(a, b)| a != b).count();
+    [
+        first_edit.elapsed().as_millis() as u64,
+        away as u64,
+        wrong as u64,
+    ]
 }
 
 /// Splits seen across samples: per meeting, since when it has been split.
@@ -600,6 +650,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             &meetings,
             &shared,
             (cap, linger),
+            &server_pids,
         )
         .await?;
         tokio::time::sleep(steady).await;
@@ -610,6 +661,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             &meetings,
             &shared,
             (cap, linger),
+            &server_pids,
         )
         .await?;
         tokio::time::sleep(steady).await;
@@ -706,6 +758,24 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
                 .unwrap_or_default()
         })
         .collect();
+    // What the nodes forwarded (a member routed by a balancer that had not
+    // seen the edit yet) and handed off, summed over the run.
+    let node_metrics: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| {
+            crate::procs::http_get(n.addr, "/metrics")
+                .map(|(_, body)| {
+                    body.lines()
+                        .filter(|l| {
+                            l.starts_with("roompin_node_relayed_total")
+                                || l.starts_with("roompin_node_handoffs_total")
+                        })
+                        .map(|l| format!("{}: {l}", n.id))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
     let summary = json!({
         "meetings": meetings_n,
         "members": meetings_n * 3,
@@ -732,6 +802,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         "not_recovered": s(&shared.not_recovered),
         "changes": [add, remove],
         "balancer_metrics": balancer_metrics,
+        "node_metrics": node_metrics,
     });
     drop(b1);
     drop(b2);
