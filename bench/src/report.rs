@@ -198,8 +198,8 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
                 if f(x, "client_bound_runs") > 0.0 { " (client-bound)" } else { "" },
             );
         }
-        let _ = writeln!(o, "\nMax rate (p99 ≤ 10 ms, the offered rate rising ×{} from {}/s, {} rounds). A limit is *client-bound* when the step that failed had the loadgen at ≥ {:.0}% of its core: then it is the loadgen's limit, not the system's.\n",
-            f(px, "params.ladder.factor"), thousands(f(px, "params.ladder.start_per_sec")), f(px, "params.ladder.rounds"), f(px, "params.client_bound_share") * 100.0);
+        let _ = writeln!(o, "\nMax rate (p99 ≤ 10 ms, the offered rate rising ×{} from {}/s, {} rounds, a system out after {} failing steps in a row). A limit is *client-bound* when the step that failed had the loadgen at ≥ {:.0}% of its core: then it is the loadgen's limit, not the system's.\n",
+            f(px, "params.ladder.factor"), thousands(f(px, "params.ladder.start_per_sec")), f(px, "params.ladder.rounds"), f(px, "params.ladder.stops_after_failed_steps_in_a_row").max(1.0), f(px, "params.client_bound_share") * 100.0);
         let _ = writeln!(
             o,
             "| system | max rate, median of rounds | each round | vs nginx | vs HAProxy | limit |"
