@@ -16,7 +16,8 @@
 //! resident with what is allocated, and trims when the difference (memory
 //! freed but still resident) grew by more than [`Trimmer`] allows since it
 //! last trimmed, and the heap has settled. A steady load, whose freed
-//! chunks are reused, never trims; the second after a flood ends, it does.
+//! chunks are reused, never trims; a second or two after a flood ends, it
+//! does (a heap that keeps shrinking fast is trimmed once it slows).
 //!
 //! Settled: what is allocated moved by less than that allowance since the
 //! last look. While a burst is still under way (a reconnect wave after a
