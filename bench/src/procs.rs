@@ -202,16 +202,24 @@ pub fn http_get_with(
 }
 
 /// User + system CPU seconds of `pid` so far (`None` once it is gone).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_times(pid).map(|(user, system)| user + system)
+}
+
+/// User and system CPU seconds of `pid` so far, apart (`None` once it is
+/// gone): where a process's time goes, its own code or the kernel's.
 /// The command name in /proc/PID/stat may hold spaces, so the fields are
 /// counted after its last ')': utime and stime are the 12th and 13th.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_times(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace().skip(11);
-    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
     // SAFETY: sysconf only reads a constant of the C library.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some((user as f64 / hz, system as f64 / hz))
 }
 
 /// The pids of `pid`'s children (nginx's workers, HAProxy's none).

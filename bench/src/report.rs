@@ -388,6 +388,26 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
         let _ = writeln!(o, "\nMessages: {} published, {} deliveries expected; **{} lost, {} duplicated**; {} resent after `room_moved`/no echo ({} `room_moved` errors); reconnects: {} after 4001, {} other; {} resumes not recovered.\n",
             thousands(f(s, "published")), thousands(f(s, "deliveries_expected")), f(s, "lost"), f(s, "duplicates"), f(s, "resent"), f(s, "room_moved_errors"), f(s, "reconnects_4001"), f(s, "reconnects_other"), f(s, "not_recovered"));
         let changes: Vec<&Value> = s["changes"].as_array().into_iter().flatten().collect();
+        // What each move cost the servers (their one core), beyond the
+        // publishing they did before it: convergence is bounded by it.
+        let costs: Vec<String> = changes
+            .iter()
+            .filter(|c| c["move_server_cpu_s"].is_number())
+            .map(|c| {
+                let role = |k: &str| f(c, &format!("{k}.0")) + f(c, &format!("{k}.1"));
+                format!(
+                    "{}: {:.2} s, {:.0} µs per moved member (balancers {:.2} s, nodes {:.2} s)",
+                    c["change"].as_str().unwrap_or("?"),
+                    f(c, "move_server_cpu_s"),
+                    f(c, "move_server_cpu_us_per_member"),
+                    role("move_cpu_balancers_s"),
+                    role("move_cpu_nodes_s"),
+                )
+            })
+            .collect();
+        if !costs.is_empty() {
+            let _ = writeln!(o, "The servers' CPU for each move, over their rate in the second before it: {}.\n", costs.join("; "));
+        }
         let fast = !changes.is_empty()
             && changes
                 .iter()

@@ -368,15 +368,15 @@ async fn change(
     meetings: &[String],
     shared: &Shared,
     (cap, linger): (Duration, Duration),
-    server_pids: &[u32],
+    servers: &Servers,
 ) -> anyhow::Result<(Value, Instant)> {
     let n = meetings.len();
     // The servers' CPU rate before the change (the publishing alone), so
     // that what the move cost can be told apart from it.
-    let (quiet_from, quiet_cpu) = (Instant::now(), cpu_of(server_pids));
+    let (quiet_from, quiet_cpu) = (Instant::now(), servers.cpu());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu_at_edit = cpu_of(server_pids);
-    let baseline = (cpu_at_edit - quiet_cpu) / quiet_from.elapsed().as_secs_f64();
+    let cpu_at_edit = servers.cpu();
+    let baseline = cpu_at_edit.minus(&quiet_cpu).per_second(quiet_from.elapsed());
     let (before, split0, away0) = snapshot(shared, n);
     let want = ring_owners(nodes, meetings);
     let ring_moves = before.iter().zip(&want).filter(|(a, b)| a != b).count();
@@ -397,7 +397,7 @@ async fn change(
     let t0 = Instant::now();
     balancers[1].config.write(nodes)?;
     let mut converged: Option<Duration> = None;
-    let mut move_cpu: Option<f64> = None;
+    let mut move_cpu: Option<ServerCpu> = None;
     let mut after = before.clone();
     while t0.elapsed() < cap {
         tokio::time::sleep(SAMPLE).await;
@@ -407,7 +407,10 @@ async fn change(
             converged = Some(t0.elapsed());
             after = now;
             move_cpu = Some(
-                cpu_of(server_pids) - cpu_at_edit - baseline * first_edit.elapsed().as_secs_f64(),
+                servers
+                    .cpu()
+                    .minus(&cpu_at_edit)
+                    .minus(&baseline.times(first_edit.elapsed())),
             );
         }
         // Keep watching a while past convergence for late splits.
@@ -429,10 +432,14 @@ async fn change(
         converged, on_nodes.meetings.len(), on_nodes.longest, on_nodes.polls, on_nodes.failed_polls, watch.split_meetings.len(), watch.last_split
     );
     let reconnects = ring_moves * 3;
+    let move_total = move_cpu.as_ref().map(ServerCpu::total);
     eprintln!(
-        "  {label}: servers' CPU for the move, over their rate before it: {:.2} s, {:.0} µs per moved member",
-        move_cpu.unwrap_or(f64::NAN),
-        move_cpu.unwrap_or(f64::NAN) * 1e6 / reconnects.max(1) as f64
+        "  {label}: servers' CPU for the move, over their rate before it: {:.2} s, {:.0} µs per moved member ({}); before it they used {:.0} % of a core ({})",
+        move_total.unwrap_or(f64::NAN),
+        move_total.unwrap_or(f64::NAN) * 1e6 / reconnects.max(1) as f64,
+        move_cpu.as_ref().map_or_else(|| "not converged".to_owned(), ServerCpu::describe),
+        baseline.total() * 100.0,
+        baseline.describe(),
     );
     let wave: Vec<String> = timeline
         .iter()
@@ -479,8 +486,16 @@ async fn change(
             // Server CPU from the first edit to convergence, over what the
             // publishing alone took in the second before (all six server
             // processes): what the move itself cost.
-            "move_server_cpu_s": move_cpu,
-            "move_server_cpu_us_per_member": move_cpu.map(|c| c * 1e6 / reconnects.max(1) as f64),
+            "move_server_cpu_s": move_total,
+            "move_server_cpu_us_per_member": move_total.map(|c| c * 1e6 / reconnects.max(1) as f64),
+            // The same, apart: [user, system] seconds of the balancers and
+            // of the nodes. System time is the kernel's (TCP on loopback).
+            "move_cpu_balancers_s": move_cpu.as_ref().map(|c| c.balancers),
+            "move_cpu_nodes_s": move_cpu.as_ref().map(|c| c.nodes),
+            // The servers' CPU rate in the second before the edit (the
+            // publishing alone), in cores, [user, system] per role.
+            "baseline_cores_balancers": baseline.balancers,
+            "baseline_cores_nodes": baseline.nodes,
         }),
         first_edit,
     ))
@@ -587,11 +602,11 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
     let b1 = Balancer::start(env, "mb-balancer-1", &three, Some(TOKEN)).await?;
     let b2 = Balancer::start(env, "mb-balancer-2", &three, Some(TOKEN)).await?;
     let balancers = [&b1, &b2];
-    let server_pids: Vec<u32> = nodes
-        .iter()
-        .map(|n| n.proc.pid())
-        .chain([b1.proc.pid(), b2.proc.pid()])
-        .collect();
+    let servers = Servers {
+        nodes: nodes.iter().map(|n| n.proc.pid()).collect(),
+        balancers: vec![b1.proc.pid(), b2.proc.pid()],
+    };
+    let server_pids: Vec<u32> = servers.nodes.iter().chain(&servers.balancers).copied().collect();
     let server_cores = env.cpus.of(Side::Server).len().max(1) as f64;
     let client_cores = env.cpus.of(Side::Client).len().max(1) as f64;
     let meetings: Vec<String> = (0..meetings_n).map(|i| format!("mb-{i:05}")).collect();
@@ -650,7 +665,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             &meetings,
             &shared,
             (cap, linger),
-            &server_pids,
+            &servers,
         )
         .await?;
         tokio::time::sleep(steady).await;
@@ -661,7 +676,7 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
             &meetings,
             &shared,
             (cap, linger),
-            &server_pids,
+            &servers,
         )
         .await?;
         tokio::time::sleep(steady).await;
@@ -813,6 +828,72 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
     }))
 }
 
+/// The server processes, by role, to tell where a move's CPU goes.
+struct Servers {
+    nodes: Vec<u32>,
+    balancers: Vec<u32>,
+}
+
+impl Servers {
+    fn cpu(&self) -> ServerCpu {
+        ServerCpu {
+            balancers: cpu_split(&self.balancers),
+            nodes: cpu_split(&self.nodes),
+        }
+    }
+}
+
+/// CPU of the servers, `[user, system]` seconds (or cores, as a rate) of
+/// the balancers and of the nodes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ServerCpu {
+    balancers: [f64; 2],
+    nodes: [f64; 2],
+}
+
+impl ServerCpu {
+    fn map2(&self, other: &ServerCpu, f: impl Fn(f64, f64) -> f64) -> ServerCpu {
+        let pair = |a: [f64; 2], b: [f64; 2]| [f(a[0], b[0]), f(a[1], b[1])];
+        ServerCpu {
+            balancers: pair(self.balancers, other.balancers),
+            nodes: pair(self.nodes, other.nodes),
+        }
+    }
+
+    fn minus(&self, other: &ServerCpu) -> ServerCpu {
+        self.map2(other, |a, b| a - b)
+    }
+
+    /// Seconds over `d` as a rate (cores).
+    fn per_second(&self, d: Duration) -> ServerCpu {
+        let s = d.as_secs_f64().max(1e-3);
+        self.map2(self, |a, _| a / s)
+    }
+
+    /// A rate (cores) over `d` as seconds.
+    fn times(&self, d: Duration) -> ServerCpu {
+        self.map2(self, |a, _| a * d.as_secs_f64())
+    }
+
+    fn total(&self) -> f64 {
+        self.balancers.iter().chain(&self.nodes).sum()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "balancers {:.2} user + {:.2} sys, nodes {:.2} user + {:.2} sys",
+            self.balancers[0], self.balancers[1], self.nodes[0], self.nodes[1]
+        )
+    }
+}
+
+/// `[user, system]` CPU seconds of these processes so far.
+fn cpu_split(pids: &[u32]) -> [f64; 2] {
+    pids.iter()
+        .filter_map(|&p| crate::procs::cpu_times(p))
+        .fold([0.0, 0.0], |[u, s], (pu, ps)| [u + pu, s + ps])
+}
+
 /// CPU seconds (user + system) of these processes so far.
 fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter()
@@ -823,6 +904,17 @@ fn cpu_of(pids: &[u32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_cpu_arithmetic() {
+        let a = ServerCpu { balancers: [3.0, 5.0], nodes: [7.0, 9.0] };
+        let b = ServerCpu { balancers: [1.0, 1.0], nodes: [2.0, 4.0] };
+        assert_eq!(a.minus(&b), ServerCpu { balancers: [2.0, 4.0], nodes: [5.0, 5.0] });
+        let rate = b.per_second(Duration::from_secs(2));
+        assert_eq!(rate, ServerCpu { balancers: [0.5, 0.5], nodes: [1.0, 2.0] });
+        assert_eq!(rate.times(Duration::from_secs(2)), b);
+        assert_eq!(a.total(), 24.0);
+    }
 
     #[test]
     fn node_indices() {
