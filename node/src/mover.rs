@@ -1,8 +1,9 @@
 //! Sends rooms that leave this node to their new holders, and applies the
-//! outcome: the members of a room that landed are sent on with 4001 (their
-//! history is there already), a refused room reopens here as if nothing
-//! happened, and a handoff whose answer was lost is settled by asking the
-//! receiver, never by guessing.
+//! outcome. A room's members are sent on with 4001 first (they wait at the
+//! new holder until the room lands, so no client is in two rooms at once);
+//! a room that landed closes here for good, a refused one reopens (members
+//! that come back find it), and a handoff whose answer was lost is settled
+//! by asking the receiver, never by guessing.
 //!
 //! Rooms are closed for a move by `placement` (on a view push, on a peer's
 //! where-is question, or on the mover's own tick when views go stale); the

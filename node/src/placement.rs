@@ -1,6 +1,7 @@
 //! Where each meeting's room is, as far as this node knows, and the rules
 //! that keep every meeting to one live room across all nodes, whatever the
-//! balancers' views say (docs/ARCHITECTURE.md, "One live room").
+//! balancers' views say (docs/ARCHITECTURE.md, "A membership change (one
+//! live room)").
 //!
 //! Each meeting this node has dealt with lately has a [`Slot`]:
 //! - `Live`: the room is open here and serves its members;
