@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::fence;
+use crate::lease::Renewal;
 use crate::node::Node;
 use roompin_shared::control::{
     bearer_matches, AbortReply, AbortRequest, HandoffAck, HandoffBatch, HandoffOutcome, Holding,
@@ -106,7 +108,11 @@ pub async fn view(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body)
     };
     let now = Instant::now();
     let (epoch, source) = (view.epoch, view.source.clone());
-    let applied = node.ownership.apply(view, now);
+    let renewal = node.ownership.apply(view, now);
+    if renewal == Some(Renewal::AfterLapse) {
+        fence::renew_after_lapse(&node, now);
+    }
+    let applied = renewal.is_some();
     // Re-checked on every push, not only on new epochs: a view that went
     // stale (its balancer stopped) may be what kept a room here.
     let moving = if applied {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::lease::Lease;
+use crate::lease::{Lease, Renewal};
 
 use roompin_shared::control::{NodeRef, RingView, RoutedBy};
 use roompin_shared::{MeetingId, Member, Ring};
@@ -350,14 +350,15 @@ impl Ownership {
         self.views.lock().clone()
     }
 
-    /// Applies a balancer's view and extends the lease by it.
-    pub fn apply(&self, view: RingView, now: Instant) -> bool {
+    /// Applies a balancer's view and extends the lease by it; `None` if the
+    /// view was not applied (an older one). A lease that had lapsed is
+    /// extended only once the fence has closed the old rooms
+    /// ([`Renewal::AfterLapse`]).
+    pub fn apply(&self, view: RingView, now: Instant) -> Option<Renewal> {
         let mut views = self.views.lock();
-        let applied = views.apply(view, now);
-        if applied {
-            self.lease.set(views.lease_until());
-        }
-        applied
+        views
+            .apply(view, now)
+            .then(|| self.lease.set(views.lease_until(), now))
     }
 
     pub fn in_cluster(&self) -> bool {
@@ -429,6 +430,28 @@ mod tests {
         assert!(v.has_fresh(now));
         assert!(!v.has_fresh(now + Duration::from_millis(300)), "3 × 100 ms");
         assert_eq!(v.lease_until(), Some(now + Duration::from_millis(300)));
+    }
+
+    /// A view that comes after the lease lapsed (the node paused or cut
+    /// off past it) does not let the old rooms serve again by itself: the
+    /// lease waits for the fence (`fence::renew_after_lapse`).
+    #[test]
+    fn a_view_after_a_lapse_waits_for_the_fence() {
+        let own = Ownership::new("a");
+        let t0 = Instant::now();
+        // Fresh for 3 × 100 ms.
+        let v = |epoch| view("b1", epoch, &["a"], &["a"]);
+        assert_eq!(own.apply(v(1), t0), Some(Renewal::Done));
+        let in_time = t0 + Duration::from_millis(200);
+        assert_eq!(own.apply(v(2), in_time), Some(Renewal::Done));
+        assert!(own.lease.holds(in_time + Duration::from_millis(250)));
+        let woke = t0 + Duration::from_secs(5);
+        assert!(!own.lease.holds(woke));
+        assert_eq!(own.apply(v(3), woke), Some(Renewal::AfterLapse));
+        assert!(!own.lease.holds(woke), "held until the fence");
+        own.lease.resume();
+        assert!(own.lease.holds(woke));
+        assert_eq!(own.apply(v(2), woke), None, "an older view is not taken");
     }
 
     /// The rules of `check`, one row per case.
