@@ -406,7 +406,11 @@ pub fn tables(doc: &Value, json_path: &Path, root: &Path) -> String {
             })
             .collect();
         if !costs.is_empty() {
-            let _ = writeln!(o, "The servers' CPU for each move, over their rate in the second before it: {}.\n", costs.join("; "));
+            let _ = writeln!(
+                o,
+                "The servers' CPU for each move, over their rate in the second before it: {}.\n",
+                costs.join("; ")
+            );
         }
         let fast = !changes.is_empty()
             && changes

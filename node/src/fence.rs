@@ -56,7 +56,9 @@ pub async fn watch(node: Arc<Node>) {
 /// [`Renewal::AfterLapse`]: crate::lease::Renewal::AfterLapse
 pub fn renew_after_lapse(node: &Node, now: Instant) {
     if lapsed(node, now) {
-        let closed = node.placement.freeze_all(close::GOING_AWAY, ended(node, now));
+        let closed = node
+            .placement
+            .freeze_all(close::GOING_AWAY, ended(node, now));
         if closed > 0 {
             tracing::warn!(node = %node.id, rooms = closed, "a view arrived after the lease had lapsed (paused or cut off): fenced before renewing it; rooms closed");
         }

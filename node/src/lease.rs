@@ -121,7 +121,10 @@ mod tests {
         let lease = Lease::forever();
         let now = Instant::now();
         assert!(lease.holds(now + Duration::from_secs(1_000_000)));
-        assert_eq!(lease.set(Some(now + Duration::from_millis(500)), now), Renewal::Done);
+        assert_eq!(
+            lease.set(Some(now + Duration::from_millis(500)), now),
+            Renewal::Done
+        );
         assert!(lease.holds(now));
         assert!(lease.holds(now + Duration::from_millis(400)));
         assert!(!lease.holds(now + Duration::from_millis(600)));
@@ -137,11 +140,51 @@ mod tests {
         // (lease ends at, renewed at, renewed to, renewal, holds at the
         // renewal before resume, holds there after resume, why)
         let cases = [
-            (500, 400, 900, Renewal::Done, true, true, "in time: extended at once"),
-            (500, 600, 1100, Renewal::AfterLapse, false, true, "lapsed: held until the fence"),
-            (500, 500, 1000, Renewal::AfterLapse, false, true, "lapsed at its very end"),
-            (500, 600, 550, Renewal::AfterLapse, false, false, "held, and already past anyway"),
-            (500, 400, 300, Renewal::Done, false, false, "shortened, not held"),
+            (
+                500,
+                400,
+                900,
+                Renewal::Done,
+                true,
+                true,
+                "in time: extended at once",
+            ),
+            (
+                500,
+                600,
+                1100,
+                Renewal::AfterLapse,
+                false,
+                true,
+                "lapsed: held until the fence",
+            ),
+            (
+                500,
+                500,
+                1000,
+                Renewal::AfterLapse,
+                false,
+                true,
+                "lapsed at its very end",
+            ),
+            (
+                500,
+                600,
+                550,
+                Renewal::AfterLapse,
+                false,
+                false,
+                "held, and already past anyway",
+            ),
+            (
+                500,
+                400,
+                300,
+                Renewal::Done,
+                false,
+                false,
+                "shortened, not held",
+            ),
         ];
         for (end, at, to, renewal, before, after, why) in cases {
             let lease = Lease::forever();
@@ -176,7 +219,13 @@ mod tests {
     fn a_first_view_bounds_a_lease_that_never_ended() {
         let lease = Lease::forever();
         let now = Instant::now();
-        assert_eq!(lease.set(Some(now + Duration::from_millis(300)), now), Renewal::Done);
-        assert_eq!(lease.end(), Some(lease.base + Duration::from_millis(lease.ms(now) + 300)));
+        assert_eq!(
+            lease.set(Some(now + Duration::from_millis(300)), now),
+            Renewal::Done
+        );
+        assert_eq!(
+            lease.end(),
+            Some(lease.base + Duration::from_millis(lease.ms(now) + 300))
+        );
     }
 }

@@ -376,7 +376,9 @@ async fn change(
     let (quiet_from, quiet_cpu) = (Instant::now(), servers.cpu());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu_at_edit = servers.cpu();
-    let baseline = cpu_at_edit.minus(&quiet_cpu).per_second(quiet_from.elapsed());
+    let baseline = cpu_at_edit
+        .minus(&quiet_cpu)
+        .per_second(quiet_from.elapsed());
     let (before, split0, away0) = snapshot(shared, n);
     let want = ring_owners(nodes, meetings);
     let ring_moves = before.iter().zip(&want).filter(|(a, b)| a != b).count();
@@ -606,7 +608,12 @@ pub async fn run(env: &Env) -> anyhow::Result<Value> {
         nodes: nodes.iter().map(|n| n.proc.pid()).collect(),
         balancers: vec![b1.proc.pid(), b2.proc.pid()],
     };
-    let server_pids: Vec<u32> = servers.nodes.iter().chain(&servers.balancers).copied().collect();
+    let server_pids: Vec<u32> = servers
+        .nodes
+        .iter()
+        .chain(&servers.balancers)
+        .copied()
+        .collect();
     let server_cores = env.cpus.of(Side::Server).len().max(1) as f64;
     let client_cores = env.cpus.of(Side::Client).len().max(1) as f64;
     let meetings: Vec<String> = (0..meetings_n).map(|i| format!("mb-{i:05}")).collect();
@@ -907,11 +914,29 @@ mod tests {
 
     #[test]
     fn server_cpu_arithmetic() {
-        let a = ServerCpu { balancers: [3.0, 5.0], nodes: [7.0, 9.0] };
-        let b = ServerCpu { balancers: [1.0, 1.0], nodes: [2.0, 4.0] };
-        assert_eq!(a.minus(&b), ServerCpu { balancers: [2.0, 4.0], nodes: [5.0, 5.0] });
+        let a = ServerCpu {
+            balancers: [3.0, 5.0],
+            nodes: [7.0, 9.0],
+        };
+        let b = ServerCpu {
+            balancers: [1.0, 1.0],
+            nodes: [2.0, 4.0],
+        };
+        assert_eq!(
+            a.minus(&b),
+            ServerCpu {
+                balancers: [2.0, 4.0],
+                nodes: [5.0, 5.0]
+            }
+        );
         let rate = b.per_second(Duration::from_secs(2));
-        assert_eq!(rate, ServerCpu { balancers: [0.5, 0.5], nodes: [1.0, 2.0] });
+        assert_eq!(
+            rate,
+            ServerCpu {
+                balancers: [0.5, 0.5],
+                nodes: [1.0, 2.0]
+            }
+        );
         assert_eq!(rate.times(Duration::from_secs(2)), b);
         assert_eq!(a.total(), 24.0);
     }
