@@ -26,6 +26,7 @@ pub async fn watch(node: Arc<Node>) {
         let lapsed = lapsed(&node, now);
         let ended = || ended(&node, now);
         if lapsed && !fenced {
+            node.metrics.fences.inc();
             let closed = node.placement.freeze_all(close::GOING_AWAY, ended());
             tracing::warn!(node = %node.id, rooms = closed, "no fresh view of any balancer: fenced; rooms closed, none opened until a balancer is heard again");
         } else if !lapsed && fenced {
@@ -56,6 +57,10 @@ pub async fn watch(node: Arc<Node>) {
 /// [`Renewal::AfterLapse`]: crate::lease::Renewal::AfterLapse
 pub fn renew_after_lapse(node: &Node, now: Instant) {
     if lapsed(node, now) {
+        // The watcher had not seen this lapse: a fence of an instant.
+        if node.metrics.fenced.get() == 0 {
+            node.metrics.fences.inc();
+        }
         let closed = node
             .placement
             .freeze_all(close::GOING_AWAY, ended(node, now));

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub admission_seconds: Histogram,
     pub relayed: IntCounterVec,
     pub fenced: IntGauge,
+    pub fences: IntCounter,
     pub task_panics: IntCounterVec,
     // What facing the internet costs (docs/SECURITY.md).
     pub auth_failures: IntCounterVec,
@@ -131,6 +132,10 @@ impl Metrics {
             fenced: register_int_gauge!(
                 "roompin_node_fenced",
                 "1 while the node has no fresh view of any balancer and serves no room"
+            )?,
+            fences: register_int_counter!(
+                "roompin_node_fences_total",
+                "Times the node's lease lapsed and it fenced itself, closing its rooms"
             )?,
             misrouted: register_int_counter!(
                 "roompin_node_misrouted_total",

@@ -507,6 +507,20 @@ fn a_node_paused_for_5_s() {
         run.history.step("node-b resumed");
         run.bed.resume(node_b);
         run.converged("node-b resumed").await;
+        // However it woke (the fence's tick first, or a view), it fenced,
+        // and says so.
+        let metrics = reqwest::get(run.bed.nodes[1].url("/metrics"))
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("node-b metrics");
+        let fences = roompin_tests::metric(
+            &metrics.text().await.expect("metrics"),
+            "roompin_node_fences_total",
+        );
+        assert!(
+            fences.is_some_and(|n| n >= 1.0),
+            "node-b fenced {fences:?} times"
+        );
         let after = run.rooms().await;
         no_stale_room(&before, &after, "node-b", &run.history);
         // The meetings nobody took over while node-b slept reopened with
