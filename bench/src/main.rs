@@ -1,6 +1,7 @@
 //! roompin-bench: runs the six scenarios of docs/BENCHMARKS.md against
 //! roompin and its peers (nginx, HAProxy, Socket.IO, ws), alternating the
-//! systems, and writes bench/results/<date>.json, the tables in
+//! systems, and writes bench/results/<date>-<HHMM>.json (UTC; one file per
+//! run, so a second run on one day keeps the first), the tables in
 //! docs/BENCHMARKS.md and the plot docs/benchmarks.svg.
 //!
 //! `scripts/bench` installs the peers, builds in release mode and runs this;
@@ -215,7 +216,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         let dir = root.join("bench").join("results");
         std::fs::create_dir_all(&dir).context("cannot create bench/results")?;
-        dir.join(format!("{date}.json"))
+        let hhmm: String = time.chars().filter(char::is_ascii_digit).take(4).collect();
+        dir.join(format!("{date}-{hhmm}.json"))
     };
     let text = serde_json::to_string_pretty(&doc).context("cannot serialise the results")?;
     std::fs::write(&json_path, text + "\n")
