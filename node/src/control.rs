@@ -17,8 +17,8 @@ use crate::lease::Renewal;
 use crate::node::Node;
 use roompin_shared::control::{
     bearer_matches, AbortReply, AbortRequest, HandoffAck, HandoffBatch, HandoffOutcome, Holding,
-    PublishBatch, PublishReply, Published, RingView, RoomInfo, RoomsReport, ViewAck, WhereReply,
-    WhereRequest, AUTHORIZATION,
+    PublishBatch, PublishReply, Published, Refusal, RingView, RoomInfo, RoomsReport, ViewAck,
+    WhereReply, WhereRequest, AUTHORIZATION,
 };
 use roompin_shared::protocol::check_user;
 use roompin_shared::MeetingId;
@@ -171,11 +171,24 @@ pub async fn handoff(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bo
     let now = Instant::now();
     node.placement.note_contact(&batch.from, now);
     let ask = node.ask(now);
+    // A batch from this very node came by an address that leads back here
+    // (a peer's listen address, 0.0.0.0): nothing moved, so the sender
+    // keeps its rooms.
+    let from_self = *batch.from.id == *node.id;
+    if from_self {
+        tracing::error!(node = %node.id, rooms = batch.rooms.len(), "a handoff from this node reached itself; refused, the rooms stay open");
+    }
     let outcomes: Vec<HandoffOutcome> = batch
         .rooms
         .iter()
         .map(|h| {
-            let outcome = node.placement.adopt(h, ask);
+            let outcome = if from_self {
+                HandoffOutcome::Refused {
+                    reason: Refusal::Invalid,
+                }
+            } else {
+                node.placement.adopt(h, ask)
+            };
             let label = match &outcome {
                 HandoffOutcome::Adopted => "adopted",
                 HandoffOutcome::Duplicate => "duplicate",

@@ -254,8 +254,17 @@ impl Views {
 
     /// Whether some fresh view names `node` as the meeting's owner.
     pub fn names(&self, meeting: &str, node: &str, now: Instant) -> bool {
+        self.named(meeting, node, now).is_some()
+    }
+
+    /// `node` as a fresh view that names it the meeting's owner knows it,
+    /// with the address the balancers reach it at. That is the address to
+    /// send it anything: a node's own idea of its address is its listen
+    /// address, `0.0.0.0:8080` on most hosts, which leads back to oneself.
+    pub fn named(&self, meeting: &str, node: &str, now: Instant) -> Option<NodeRef> {
         self.fresh(now)
-            .any(|v| v.ring.owner(meeting).is_some_and(|o| o.id == node))
+            .filter_map(|v| v.owner(meeting))
+            .find(|o| o.id == node)
     }
 
     /// Every node a view of the last minute names (configured or recently

@@ -489,11 +489,11 @@ impl Placement {
                 let Some(target) = views.move_target(meeting.as_str(), now) else {
                     return (Holding::Live, None);
                 };
-                let to = if views.names(meeting.as_str(), &asker.id, now) {
-                    asker.clone()
-                } else {
-                    target
-                };
+                // To the asker if a view names it, at the views' address
+                // for it, never the one it gave (its listen address).
+                let to = views
+                    .named(meeting.as_str(), &asker.id, now)
+                    .unwrap_or(target);
                 match self.close_for_move(&mut map, meeting, to.clone(), now) {
                     Some(order) => (Holding::Moving { to }, Some(order)),
                     None => (Holding::Live, None),
@@ -986,7 +986,14 @@ impl Placement {
 
     /// Remembers a node that talked to this one.
     pub fn note_contact(&self, peer: &NodeRef, now: Instant) {
-        if peer.id != self.me.id {
+        // A peer listening on every interface gives `0.0.0.0:port` (or
+        // `[::]:port`) as its address: asking there would ask oneself, so
+        // such a peer is asked only at the address the views give it.
+        let unreachable = peer
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified());
+        if peer.id != self.me.id && !unreachable {
             self.contacts
                 .lock()
                 .insert(peer.id.clone(), (peer.clone(), now));
@@ -1268,6 +1275,44 @@ mod tests {
             .map(|i| mid(&format!("m{i}")))
             .find(|m| v.names(m.as_str(), "a", now))
             .expect("a meeting of a")
+    }
+
+    /// A peer's own `from` carries its listen address, which on most hosts
+    /// is `0.0.0.0:port`: a handoff sent there lands back on the sender
+    /// (the pause fault test caught a node adopting its own rooms). Rooms go
+    /// to the address the views give, and such a peer is never a contact.
+    #[test]
+    fn rooms_go_to_the_views_address_of_a_peer_never_the_one_it_gave() {
+        let now = Instant::now();
+        let p = placement("a");
+        let without_a = views("a", &["b", "c"], now);
+        let m = meeting_of_a(&views("a", &["a", "b", "c"], now), now);
+        live_room(&p, &m, now);
+        let owner = without_a.move_target(m.as_str(), now).expect("an owner");
+        let asker = NodeRef {
+            id: owner.id.clone(),
+            addr: "0.0.0.0:9001".into(),
+        };
+        let (h, order) = p.answer_where(&m, &asker, &without_a, now);
+        assert_eq!(h, Holding::Moving { to: owner.clone() });
+        let order = order.expect("a move order");
+        assert_eq!(order.to.addr, format!("{}.test:9001", owner.id));
+        assert!(p.contacts().is_empty(), "{:?}", p.contacts());
+        // One that gives a reachable address is remembered.
+        for (addr, kept) in [
+            ("[::]:9001", false),
+            ("10.0.0.7:9001", true),
+            ("b.test:9001", true),
+        ] {
+            p.note_contact(
+                &NodeRef {
+                    id: "z".into(),
+                    addr: addr.into(),
+                },
+                now,
+            );
+            assert_eq!(p.contacts().iter().any(|c| c.addr == addr), kept, "{addr}");
+        }
     }
 
     #[test]
