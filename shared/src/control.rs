@@ -171,7 +171,10 @@ pub struct ViewAck {
     pub moving: u64,
 }
 
-/// A node as its peers reach it.
+/// A node as its peers reach it. A node's own (`from` in its requests)
+/// carries its listen address, which may be `0.0.0.0`: peers send to the
+/// address the balancers' views give for that id, and treat the one in
+/// `from` as a hint only.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeRef {
     pub id: String,
