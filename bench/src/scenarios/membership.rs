@@ -874,12 +874,20 @@ impl ServerCpu {
     /// Seconds over `d` as a rate (cores).
     fn per_second(&self, d: Duration) -> ServerCpu {
         let s = d.as_secs_f64().max(1e-3);
-        self.map2(self, |a, _| a / s)
+        self.scaled(1.0 / s)
     }
 
     /// A rate (cores) over `d` as seconds.
     fn times(&self, d: Duration) -> ServerCpu {
-        self.map2(self, |a, _| a * d.as_secs_f64())
+        self.scaled(d.as_secs_f64())
+    }
+
+    fn scaled(&self, k: f64) -> ServerCpu {
+        let scale = |[u, s]: [f64; 2]| [u * k, s * k];
+        ServerCpu {
+            balancers: scale(self.balancers),
+            nodes: scale(self.nodes),
+        }
     }
 
     fn total(&self) -> f64 {
